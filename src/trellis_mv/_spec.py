@@ -1,0 +1,95 @@
+"""The contracts: the :class:`Aggregator` protocol and the plugin hook specifications.
+
+Nothing here runs; every name is documentation that the rest of the package implements.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from ._step import Step
+
+__all__ = ["Aggregator", "hookimpl", "hookspec"]
+
+PROJECT = "trellis_mv"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+#: Marks a plugin's implementation of a trellis-mv hook: ``from trellis_mv import hookimpl``.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@runtime_checkable
+class Aggregator(Protocol):
+    """Combines N views into the one prediction a sampler needs at one denoising step.
+
+    While a sampler is patched (:func:`trellis_mv.patch_sampler`), every call of its
+    ``_inference_model`` becomes one call ``aggregator(step)``. The
+    :class:`~trellis_mv.Step` holds what the sampler held (the latent ``step.x_t``, the time
+    ``step.t`` in ``[0, 1]``), where the run is (``step.index`` of ``step.num_steps``,
+    ``step.stage``), the views (``step.cond``, stacked ``[N, ...]``, and ``step.weights``,
+    normalised to sum to 1) and ``step.state``, a dict kept for one sampling run and fresh
+    for the next. It also evaluates things for you:
+
+    * ``step.predict(views=None)`` — the conditional prediction of each view, in one
+      batched forward (the negative branch rides along when the guidance will need it);
+    * ``step.guide(pred)`` — the sampler's own classifier-free guidance (strength, interval,
+      rescale, in its own dialect) applied to a fused conditional prediction ``pred``;
+    * ``step.select(i)`` — exactly what the unpatched sampler returns with view ``i`` alone;
+    * ``step.sampler_call(cond)`` — the unpatched sampler on any conditioning you build;
+    * ``step.to_xstart(pred)`` / ``step.from_xstart(x0)`` — convert to and from x0.
+
+    The aggregator returns one prediction shaped like ``step.x_t`` (a tensor, or a sparse
+    tensor with the same voxels). It should not keep state on ``self`` between calls: use
+    ``step.state``, which the core resets between sampling runs, so that one aggregator may
+    serve several samplers and threads at once.
+
+    Registered aggregators are classes: ``name`` is the registered name, the keyword
+    arguments of ``__init__`` are the options (validate them there, raising
+    :class:`~trellis_mv.AggregatorOptionError`), and the first line of the docstring is the
+    summary ``trellis-mv list`` prints. Two optional class attributes tell the conformance
+    kit which invariants apply: ``fuses`` (N identical views give the single-view result)
+    and ``order_free`` (permuting views and weights together changes nothing).
+
+    A complete aggregator, the weighted mean of the views::
+
+        class Mean:
+            "Weighted mean of the per-view predictions, guided once."
+            name = "mean"
+            fuses = True
+            order_free = True
+
+            def __call__(self, step):
+                preds = step.predict()
+                fused = sum(w * p for w, p in zip(step.weights.tolist(), preds))
+                return step.guide(fused)
+    """
+
+    name: ClassVar[str]
+
+    def __call__(self, step: Step) -> Any:
+        """Return the prediction for this step, shaped like ``step.x_t``."""
+        ...
+
+
+@hookspec
+def register_aggregators() -> list[type]:  # type: ignore[empty-body]
+    """Return the aggregator classes this plugin provides.
+
+    Called once per plugin when the registry is built. Each class must satisfy
+    :class:`Aggregator`: a ``name`` class attribute (unique across plugins) and
+    ``__call__(step)``; its ``__init__`` keyword arguments are its options.
+
+    A plugin module, declared in its distribution's ``pyproject.toml`` under
+    ``[project.entry-points.trellis_mv]``::
+
+        from trellis_mv import hookimpl
+
+        @hookimpl
+        def register_aggregators():
+            return [Mean]
+
+    :returns: a list of aggregator classes.
+    """

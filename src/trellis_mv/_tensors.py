@@ -1,0 +1,76 @@
+"""Batch operations on latents that may be dense tensors or sparse voxel tensors.
+
+A *sparse* latent is anything with ``feats``, ``coords`` (batch index in column 0) and
+``replace(feats)``: TRELLIS.2's ``SparseTensor`` and :class:`trellis_mv.sparse.SparseTensor`.
+Sparse models keep the row order of their input (the Euler update is element-wise on
+``feats``), which is what lets one forward evaluate several copies of a latent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+Latent = Any  # a torch.Tensor or a sparse tensor
+
+
+def is_sparse(x: object) -> bool:
+    return hasattr(x, "feats") and hasattr(x, "coords") and hasattr(x, "replace")
+
+
+def batch_size(x: Latent) -> int:
+    return int(x.shape[0])
+
+
+def feats(x: Latent) -> torch.Tensor:
+    """The values of a latent as a plain tensor (``feats`` of a sparse one)."""
+    return x.feats if is_sparse(x) else x
+
+
+def with_feats(like: Latent, values: torch.Tensor) -> Latent:
+    """A latent shaped like ``like`` holding ``values``."""
+    return like.replace(values) if is_sparse(like) else values
+
+
+def repeat_batch(x: Latent, n: int) -> Latent:
+    """``n`` copies of ``x`` concatenated along the batch: copy ``k`` holds items ``k*B .. k*B+B-1``."""
+    if n == 1:
+        return x
+    if is_sparse(x):
+        b = batch_size(x)
+        coords = x.coords.repeat(n, 1)
+        offsets = torch.arange(n, device=coords.device, dtype=coords.dtype).repeat_interleave(x.coords.shape[0]) * b
+        coords[:, 0] += offsets
+        values = x.feats.repeat(n, *([1] * (x.feats.ndim - 1)))
+        try:
+            return type(x)(feats=values, coords=coords)
+        except TypeError:
+            return type(x)(values, coords)
+    return x.repeat(n, *([1] * (x.ndim - 1)))
+
+
+def split_batch(y: Latent, like: Latent, n: int) -> list[Latent]:
+    """Undo :func:`repeat_batch` on a model output ``y``: ``n`` latents shaped like ``like``."""
+    if n == 1:
+        return [y]
+    if is_sparse(like):
+        rows = like.feats.shape[0]
+        values = feats(y)
+        if values.shape[0] != n * rows:
+            raise ValueError(f"expected {n * rows} rows from the model, got {values.shape[0]}")
+        return [like.replace(chunk) for chunk in values.split(rows)]
+    return list(y.split(batch_size(like)))
+
+
+def weighted_sum(preds: list[Latent], weights: list[float]) -> Latent:
+    """``sum(w_i * p_i)``; with equal weights ``sum(p_i) / n``, the order TRELLIS v1 uses."""
+    if len(set(weights)) == 1:
+        total = preds[0]
+        for p in preds[1:]:
+            total = total + p
+        return total / len(preds) if len(preds) > 1 else total
+    total = weights[0] * preds[0]
+    for w, p in zip(weights[1:], preds[1:], strict=False):
+        total = total + w * p
+    return total

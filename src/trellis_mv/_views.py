@@ -1,0 +1,129 @@
+"""The view set: stacked conditioning, one shared negative, normalised weights, and their checks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._errors import ViewError
+
+__all__ = ["Views", "normalise_weights", "prepare_views"]
+
+
+@dataclass(frozen=True)
+class Views:
+    """N views of one object, as the sampler's model sees them.
+
+    :ivar cond: the views' conditioning stacked on dim 0, ``[N, ...]``.
+    :ivar neg: the one negative conditioning row ``[1, ...]`` shared by all views, or ``None``.
+    :ivar weights: N floats summing to 1.
+    """
+
+    cond: torch.Tensor
+    neg: torch.Tensor | None
+    weights: tuple[float, ...]
+
+    @property
+    def count(self) -> int:
+        return int(self.cond.shape[0])
+
+
+def normalise_weights(weights: Sequence[float] | torch.Tensor | None, count: int | None = None) -> tuple[float, ...] | None:
+    """Check user weights and scale them to sum to 1.
+
+    >>> normalise_weights([2, 1, 1])
+    (0.5, 0.25, 0.25)
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, torch.Tensor):
+        weights = weights.detach().flatten().tolist()
+    try:
+        values = [float(w) for w in weights]
+    except (TypeError, ValueError) as exc:
+        raise ViewError(f"weights must be a sequence of numbers, one per view; got weights={weights!r}") from exc
+    if count is not None and len(values) != count:
+        raise ViewError(
+            f"weights has {len(values)} entries but the conditioning holds {count} views; give one weight per view"
+        )
+    if not values:
+        raise ViewError("weights is empty; give one weight per view")
+    bad = [w for w in values if not math.isfinite(w) or w < 0]
+    if bad:
+        raise ViewError(f"weights must be finite and non-negative; got weights={values!r}")
+    total = sum(values)
+    if total <= 0:
+        raise ViewError(f"weights are all zero ({values!r}); at least one view needs a positive weight")
+    return tuple(w / total for w in values)
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)}"
+    return f"{type(x).__name__}"
+
+
+def stack_views(cond: Any) -> torch.Tensor:
+    """Accept ``[N, ...]`` or a list of per-view tensors ``[1, ...]`` / ``[...]``; return ``[N, ...]``."""
+    if isinstance(cond, torch.Tensor):
+        if cond.ndim == 0:
+            raise ViewError("cond is a scalar; expected the views' conditioning stacked on dim 0, e.g. [N, 1029, 1024]")
+        if cond.shape[0] == 0:
+            raise ViewError("cond holds no views (its dim 0 is 0); give at least one view")
+        return cond
+    if isinstance(cond, (list, tuple)):
+        if not cond:
+            raise ViewError("no views: cond is an empty list; give at least one view's conditioning")
+        rows = []
+        for i, c in enumerate(cond):
+            if not isinstance(c, torch.Tensor):
+                raise ViewError(f"view {i} of cond is {_describe(c)}; expected a tensor")
+            rows.append(c if c.ndim and c.shape[0] == 1 else c.unsqueeze(0))
+        shapes = {tuple(r.shape[1:]) for r in rows}
+        if len(shapes) > 1:
+            listed = ", ".join(f"view {i}: {tuple(r.shape[1:])}" for i, r in enumerate(rows))
+            raise ViewError(
+                f"the views' conditioning shapes differ ({listed}); encode every view at the same resolution"
+            )
+        return torch.cat(rows)
+    raise ViewError(
+        f"cond is {_describe(cond)}; expected a tensor with the views stacked on dim 0 "
+        "(as pipeline.get_cond([img1, ..., imgN], res) returns) or a list of per-view tensors"
+    )
+
+
+def prepare_views(cond: Any, neg_cond: Any = None, weights: Sequence[float] | None = None) -> Views:
+    """Validate the conditioning a patched sampler receives.
+
+    The negative conditioning may have batch 1 or N (TRELLIS.2's ``get_cond`` returns
+    ``zeros_like(cond)``, one row per view); N rows must be identical, since one negative
+    pass serves all views.
+    """
+    stacked = stack_views(cond)
+    n = int(stacked.shape[0])
+    neg = None
+    if neg_cond is not None:
+        if not isinstance(neg_cond, torch.Tensor):
+            raise ViewError(f"neg_cond is {_describe(neg_cond)}; expected a tensor shaped like one view of cond")
+        if tuple(neg_cond.shape[1:]) != tuple(stacked.shape[1:]):
+            raise ViewError(
+                f"neg_cond has shape {tuple(neg_cond.shape)} but each view of cond has shape "
+                f"{tuple(stacked.shape[1:])}; the negative must match one view (e.g. torch.zeros_like(cond[:1]))"
+            )
+        if neg_cond.shape[0] == n or neg_cond.shape[0] == 1:
+            if neg_cond.shape[0] > 1 and not bool((neg_cond == neg_cond[:1]).all()):
+                raise ViewError(
+                    f"neg_cond holds {n} different rows; trellis-mv shares one negative pass across views, "
+                    "so pass a single row (neg_cond[:1]) or identical rows"
+                )
+            neg = neg_cond[:1]
+        else:
+            raise ViewError(
+                f"neg_cond has batch {neg_cond.shape[0]}, which matches neither 1 nor the {n} views of cond"
+            )
+    normed = normalise_weights(weights, n) if weights is not None else tuple(1.0 / n for _ in range(n))
+    return Views(cond=stacked, neg=neg, weights=normed)

@@ -1,0 +1,1 @@
+"""The built-in aggregators, registered through the ``trellis_mv`` entry points like any plugin."""

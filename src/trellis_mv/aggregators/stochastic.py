@@ -1,0 +1,96 @@
+"""Selecting aggregators: one view per denoising step.
+
+``stochastic`` is TRELLIS v1's multi-image mode: at step ``i`` of a sampling run the
+sampler sees view ``i mod N`` (``order="cycle"``) or the ``i``-th entry of a seeded random
+order in which every view appears once per N steps (``order="random"``). Each step costs
+exactly one single-view step. ``single`` always uses one chosen view: the single-view
+baseline, and the way to condition a stage on one view (e.g. the texture on the front).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from .._errors import AggregatorOptionError
+from .._spec import hookimpl
+from .._step import Step
+
+__all__ = ["Single", "Stochastic"]
+
+
+class Stochastic:
+    """One view per denoising step, cycling in view order or in a seeded random order."""
+
+    name = "stochastic"
+    fuses = True
+    order_free = False
+
+    def __init__(self, *, order: str = "cycle", seed: int = 0) -> None:
+        if order not in ("cycle", "random"):
+            raise AggregatorOptionError(
+                f"stochastic: option order must be 'cycle' or 'random'; got order={order!r}", aggregator=self.name
+            )
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise AggregatorOptionError(f"stochastic: option seed must be an int; got seed={seed!r}",
+                                        aggregator=self.name)
+        self.order = order
+        self.seed = seed
+
+    def view_at(self, index: int, num_views: int, state: dict[str, Any]) -> int:
+        """The view used at step ``index`` of a run (``state`` is the run's state)."""
+        if self.order == "cycle":
+            return index % num_views
+        order: list[int] = state.setdefault("order", [])
+        if len(order) <= index:
+            gen = state.setdefault("generator", torch.Generator().manual_seed(self.seed))
+            while len(order) <= index:
+                order.extend(torch.randperm(num_views, generator=gen).tolist())
+        return order[index]
+
+    def __call__(self, step: Step) -> Any:
+        if step.num_steps is not None and step.num_views > step.num_steps and not step.state.get("warned"):
+            step.state["warned"] = True
+            warnings.warn(
+                f"stochastic: {step.num_views} views but only {step.num_steps} steps"
+                f"{f' in stage {step.stage!r}' if step.stage else ''}: each step uses one view, so "
+                f"{step.num_views - step.num_steps} view(s) will not be used. Raise the steps or use "
+                "multidiffusion, which uses every view at every step.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return step.select(self.view_at(step.index, step.num_views, step.state))
+
+    def __repr__(self) -> str:
+        return f"Stochastic(order={self.order!r}, seed={self.seed})"
+
+
+class Single:
+    """One chosen view at every step: the single-view baseline."""
+
+    name = "single"
+    fuses = True
+    order_free = False
+
+    def __init__(self, *, view: int = 0) -> None:
+        if not isinstance(view, int) or isinstance(view, bool) or view < 0:
+            raise AggregatorOptionError(f"single: option view must be a non-negative int; got view={view!r}",
+                                        aggregator=self.name)
+        self.view = view
+
+    def __call__(self, step: Step) -> Any:
+        if self.view >= step.num_views:
+            raise AggregatorOptionError(
+                f"single: option view={self.view} but only {step.num_views} views were given", aggregator=self.name
+            )
+        return step.select(self.view)
+
+    def __repr__(self) -> str:
+        return f"Single(view={self.view})"
+
+
+@hookimpl
+def register_aggregators() -> list[type]:
+    return [Stochastic, Single]
