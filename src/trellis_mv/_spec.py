@@ -49,9 +49,10 @@ class Aggregator(Protocol):
     Registered aggregators are classes: ``name`` is the registered name, the keyword
     arguments of ``__init__`` are the options (validate them there, raising
     :class:`~trellis_mv.AggregatorOptionError`), and the first line of the docstring is the
-    summary ``trellis-mv list`` prints. Two optional class attributes tell the conformance
-    kit which invariants apply: ``fuses`` (N identical views give the single-view result)
-    and ``order_free`` (permuting views and weights together changes nothing).
+    summary ``trellis-mv list`` prints. Optional class attributes tell the conformance kit
+    which invariants apply: ``fuses`` (N identical views give the single-view result),
+    ``order_free`` (permuting views and weights together changes nothing) and ``weighted``
+    (it honours ``step.weights``: a view of weight 0 changes nothing).
 
     A complete aggregator, the weighted mean of the views::
 
@@ -60,6 +61,7 @@ class Aggregator(Protocol):
             name = "mean"
             fuses = True
             order_free = True
+            weighted = True
 
             def __call__(self, step):
                 preds = step.predict()

@@ -74,7 +74,7 @@ class Step:
         self.state = state
         self.views = views
         self.cond = views.cond
-        self.weights = torch.tensor(views.weights, dtype=torch.float64)
+        self.weights = views.weight_tensor
         self.num_views = views.count
         self.batch_size = T.batch_size(x_t)
         self._sampler = sampler

@@ -64,12 +64,13 @@ def split_batch(y: Latent, like: Latent, n: int) -> list[Latent]:
 
 
 def weighted_sum(preds: list[Latent], weights: list[float]) -> Latent:
-    """``sum(w_i * p_i)``; with equal weights ``sum(p_i) / n``, the order TRELLIS v1 uses."""
-    if len(set(weights)) == 1:
+    """``sum(w_i * p_i)``; with uniform weights ``1/n``, ``sum(p_i) / n``, the order TRELLIS v1 uses."""
+    n = len(preds)
+    if all(abs(w * n - 1) < 1e-9 for w in weights):
         total = preds[0]
         for p in preds[1:]:
             total = total + p
-        return total / len(preds) if len(preds) > 1 else total
+        return total / n if n > 1 else total
     total = weights[0] * preds[0]
     for w, p in zip(weights[1:], preds[1:], strict=False):
         total = total + w * p

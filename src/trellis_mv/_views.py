@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,6 +26,10 @@ class Views:
     cond: torch.Tensor
     neg: torch.Tensor | None
     weights: tuple[float, ...]
+    weight_tensor: torch.Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight_tensor", torch.tensor(self.weights, dtype=torch.float64))
 
     @property
     def count(self) -> int:

@@ -24,6 +24,7 @@ class MultiDiffusion:
     name = "multidiffusion"
     fuses = True
     order_free = True
+    weighted = True
 
     def __call__(self, step: Step) -> Any:
         if not step.needs_positive:  # guidance strength 0: the negative alone

@@ -1,0 +1,36 @@
+# Everything sets itself up on first use: `make demo` and `make test` need nothing done before.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; with a GPU, create the venv with your own torch first
+# (e.g. `python3 -m venv --system-site-packages .venv`) and it is kept.
+TORCH ?= torch==2.13.0
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
+PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(PLUGINS))
+
+.PHONY: setup demo test lint docs wheels clean
+
+$(BIN)/.installed: pyproject.toml $(PLUGINS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]" $(foreach d,$(PLUGIN_DIRS),-e $(d))
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/trellis-mv demo --out out/demo
+
+test: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+docs: $(BIN)/.installed
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+wheels: $(BIN)/.installed
+	rm -rf dist && $(BIN)/python -m build --wheel --outdir dist . -q
+	$(foreach d,$(PLUGIN_DIRS),$(BIN)/python -m build --wheel --outdir dist $(d) -q &&) true
+
+clean:
+	rm -rf $(VENV) dist build out docs/_build .pytest_cache .hypothesis

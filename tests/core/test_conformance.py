@@ -1,0 +1,122 @@
+"""The conformance kit passes the built-ins and catches deliberately broken aggregators."""
+
+import pytest
+import torch
+
+import trellis_mv
+from trellis_mv.testing import check_aggregator
+
+
+@pytest.mark.parametrize("name", ["multidiffusion", "stochastic", "single"])
+def test_builtins_conform(name):
+    check_aggregator(name)
+
+
+def test_stochastic_random_order_conforms():
+    check_aggregator("stochastic", order="random", seed=7)
+
+
+class Unguided:
+    """Forgets the guidance: returns the fused conditional prediction."""
+
+    name = "unguided"
+    fuses = True
+    order_free = True
+
+    def __call__(self, step):
+        return step.fuse(step.predict())
+
+
+class GuidesEachView:
+    """Guides each view with its own negative pass, then averages (the costly port)."""
+
+    name = "per-view"
+    fuses = True
+    order_free = True
+
+    def __call__(self, step):
+        preds = step.predict()
+        neg = step.negative()  # always, even at strength 1
+        return step.guide(step.fuse([p + 0 * neg for p in preds]))
+
+
+class FirstViewClaimsOrderFree:
+    """Uses view 0 only but claims permutations do not matter."""
+
+    name = "first"
+    fuses = True
+    order_free = True
+
+    def __call__(self, step):
+        return step.select(0)
+
+
+class IgnoresWeights:
+    """Plain mean although weights were given, yet claims to honour them."""
+
+    name = "ignores-weights"
+    fuses = True
+    order_free = True
+    weighted = True
+
+    def __call__(self, step):
+        preds = step.predict()
+        return step.guide(step.fuse(preds, [1.0 / len(preds)] * len(preds)) if len(preds) > 1 else preds[0])
+
+
+class Sums:
+    """Sums instead of averaging: N identical views are N times one view."""
+
+    name = "sums"
+    fuses = True
+    order_free = False
+
+    def __call__(self, step):
+        return step.guide(step.fuse(step.predict(), [1.0] * step.num_views))
+
+
+class KeepsStateOnSelf:
+    """Keeps a counter on self instead of step.state: the schedule leaks across runs."""
+
+    name = "leaky"
+    fuses = False
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, step):
+        self.calls += 1
+        if self.calls > 3:
+            return step.select(0) * 1.5
+        return step.select(0)
+
+
+@pytest.mark.parametrize(
+    "broken, invariant",
+    [
+        (Unguided, "one view vs the unpatched sampler"),
+        (GuidesEachView, "negative rows evaluated at guidance strength 1"),
+        (FirstViewClaimsOrderFree, "permuting views and weights"),
+        (Sums, "identical views vs one view"),
+        (KeepsStateOnSelf, "one view vs the unpatched sampler"),
+    ],
+)
+def test_kit_catches_broken_aggregators(broken, invariant):
+    with pytest.raises(AssertionError, match=invariant):
+        check_aggregator(broken)
+
+
+def test_kit_catches_wrong_shape():
+    class Flat:
+        name = "flat"
+
+        def __call__(self, step):
+            return torch.zeros(1)
+
+    with pytest.raises(trellis_mv.AggregatorError, match="'flat' returned shape"):
+        check_aggregator(Flat)
+
+
+def test_weights_that_are_ignored_are_caught():
+    with pytest.raises(AssertionError, match="views of weight 0 must not change the result"):
+        check_aggregator(IgnoresWeights)
