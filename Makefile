@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(PLUGINS))
 
-.PHONY: setup demo test lint docs wheels clean
+.PHONY: setup demo test check docs wheels clean
 
 $(BIN)/.installed: pyproject.toml $(PLUGINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# What CI runs: the tests, the docs with warnings as errors, the plugin wheels in a fresh venv.
+check: test docs
+	bash scripts/check_wheels.sh
 
 docs: $(BIN)/.installed
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
