@@ -1,0 +1,308 @@
+"""The proxy's networks: an image encoder and two DiT-style flow models, as in TRELLIS.2.
+
+* :class:`ImageEncoder` turns a ``64x64`` RGB image into ``64`` tokens (it stands in for
+  DINOv3 and is trained jointly with the flow models).
+* :class:`StructureFlow` (stage ``"sparse_structure"``) predicts the velocity of a dense
+  latent ``[B, 8, 8, 8, 8]``: the ``16^3`` occupancy in ``{-1, 1}`` folded space-to-depth.
+* :class:`TextureFlow` (stage ``"texture"``) predicts the velocity of a sparse latent: one
+  colour row per occupied voxel (:class:`~trellis_mv.sparse.SparseTensor`, ``feats [M, 3]``
+  in ``[-1, 1]``). Voxels are pooled into ``2^3`` cells that attend to the cells of the same
+  batch item only, so any number of batch items can be stacked.
+
+Both flow models are called as TRELLIS.2's are: ``model(x_t, 1000 * t [B], cond [B, L, C])``;
+cross-attention reads the image tokens, and the negative conditioning is ``zeros_like(cond)``.
+
+>>> import torch
+>>> enc, flow = ImageEncoder(), StructureFlow()
+>>> cond = enc(torch.rand(2, 3, 64, 64))
+>>> flow(torch.randn(2, 8, 8, 8, 8), torch.full((2,), 500.0), cond).shape
+torch.Size([2, 8, 8, 8, 8])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trellis_mv.sparse import SparseTensor
+
+__all__ = [
+    "ImageEncoder",
+    "ProxyConfig",
+    "ProxyModels",
+    "StructureFlow",
+    "TextureFlow",
+    "decode_structure",
+    "encode_structure",
+    "load_models",
+    "save_models",
+]
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Sizes of the proxy networks (stored next to the weights)."""
+
+    image_size: int = 64
+    patch: int = 8
+    width: int = 128
+    heads: int = 4
+    encoder_layers: int = 2
+    structure_blocks: int = 4
+    texture_blocks: int = 4
+    grid: int = 16
+
+
+# ---------------------------------------------------------------------------------------
+# latents
+def encode_structure(occupancy: torch.Tensor) -> torch.Tensor:
+    """``[B, 16, 16, 16]`` occupancy to the dense latent ``[B, 8, 8, 8, 8]`` in ``{-1, 1}``.
+
+    >>> occ = torch.rand(2, 16, 16, 16) > 0.5
+    >>> bool((decode_structure(encode_structure(occ)) == occ).all())
+    True
+    """
+    x = occupancy.float() * 2 - 1
+    b, r = x.shape[0], x.shape[1]
+    x = x.reshape(b, r // 2, 2, r // 2, 2, r // 2, 2)
+    return x.permute(0, 2, 4, 6, 1, 3, 5).reshape(b, 8, r // 2, r // 2, r // 2).contiguous()
+
+
+def decode_structure(latent: torch.Tensor) -> torch.Tensor:
+    """Dense latent ``[B, 8, 8, 8, 8]`` back to occupancy ``bool [B, 16, 16, 16]`` (threshold 0)."""
+    b, _, h = latent.shape[0], latent.shape[1], latent.shape[2]
+    x = latent.reshape(b, 2, 2, 2, h, h, h).permute(0, 4, 1, 5, 2, 6, 3)
+    return x.reshape(b, 2 * h, 2 * h, 2 * h) > 0
+
+
+# ---------------------------------------------------------------------------------------
+# building blocks
+def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], -1)
+
+
+class _Attention(nn.Module):
+    def __init__(self, width: int, heads: int, kv_width: int | None = None) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(kv_width or width, 2 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, w = x.shape
+        h = self.heads
+        q = self.q(x).reshape(b, n, h, w // h).transpose(1, 2)
+        k, v = self.kv(ctx).reshape(b, ctx.shape[1], 2, h, w // h).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(o.transpose(1, 2).reshape(b, n, w))
+
+
+class _Block(nn.Module):
+    """DiT block: adaLN-modulated self-attention and MLP, plus cross-attention on image tokens."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
+        self.attn = _Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.cross = _Attention(width, heads)
+        self.norm3 = nn.LayerNorm(width, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(approximate="tanh"), nn.Linear(2 * width, width))
+        self.ada = nn.Linear(width, 6 * width)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        s1, b1, g1, s2, b2, g2 = self.ada(F.silu(temb))[:, None].chunk(6, -1)
+        h = self.norm1(x) * (1 + s1) + b1
+        x = x + (1 + g1) * self.attn(h, h, mask)
+        x = x + self.cross(self.norm2(x), cond)
+        return x + (1 + g2) * self.mlp(self.norm3(x) * (1 + s2) + b2)
+
+
+class _Trunk(nn.Module):
+    def __init__(self, width: int, heads: int, blocks: int) -> None:
+        super().__init__()
+        self.width = width
+        self.t_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.blocks = nn.ModuleList(_Block(width, heads) for _ in range(blocks))
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.ada = nn.Linear(width, 2 * width)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None = None):
+        if cond.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"conditioning batch {cond.shape[0]} does not match latent batch {x.shape[0]}: "
+                "pass one conditioning row per batch item (repeat it for num_samples > 1)"
+            )
+        temb = self.t_mlp(_timestep_embedding(t, self.width))
+        cond = cond.to(x.dtype)
+        for block in self.blocks:
+            x = block(x, temb, cond, mask)
+        shift, scale = self.ada(F.silu(temb))[:, None].chunk(2, -1)
+        return self.norm(x) * (1 + scale) + shift
+
+
+# ---------------------------------------------------------------------------------------
+# the three networks
+class ImageEncoder(nn.Module):
+    """``[B, 3, 64, 64]`` images in ``[0, 1]`` to tokens ``[B, 64, width]``."""
+
+    def __init__(self, cfg: ProxyConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or ProxyConfig()
+        n = (cfg.image_size // cfg.patch) ** 2
+        self.embed = nn.Conv2d(3, cfg.width, cfg.patch, cfg.patch)
+        self.pos = nn.Parameter(torch.randn(1, n, cfg.width) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            cfg.width, cfg.heads, 2 * cfg.width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.layers = nn.TransformerEncoder(layer, cfg.encoder_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.width)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.embed(images * 2 - 1).flatten(2).transpose(1, 2) + self.pos
+        return self.norm(self.layers(x))
+
+
+class StructureFlow(nn.Module):
+    """Velocity of the dense structure latent ``[B, 8, 8, 8, 8]``: ``2^3`` patches, 64 tokens."""
+
+    def __init__(self, cfg: ProxyConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or ProxyConfig()
+        self.res = cfg.grid // 2
+        self.n = (self.res // 2) ** 3
+        self.inp = nn.Linear(8 * 8, cfg.width)
+        self.pos = nn.Parameter(torch.randn(1, self.n, cfg.width) * 0.02)
+        self.trunk = _Trunk(cfg.width, cfg.heads, cfg.structure_blocks)
+        self.out = nn.Linear(cfg.width, 8 * 8)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, **_: object) -> torch.Tensor:
+        b, c, r = x.shape[0], x.shape[1], self.res // 2
+        tok = x.reshape(b, c, r, 2, r, 2, r, 2).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, r**3, c * 8)
+        h = self.trunk(self.inp(tok) + self.pos, t, cond)
+        out = self.out(h).reshape(b, r, r, r, c, 2, 2, 2).permute(0, 4, 1, 5, 2, 6, 3, 7)
+        return out.reshape(x.shape)
+
+
+class TextureFlow(nn.Module):
+    """Velocity of the sparse colour latent (one row per occupied voxel), per batch item."""
+
+    def __init__(self, cfg: ProxyConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or ProxyConfig()
+        w = cfg.width
+        self.cells = cfg.grid // 2
+        self.inp = nn.Linear(3, w)
+        self.sub = nn.Embedding(8, w)  # position of the voxel inside its 2^3 cell
+        self.pos = nn.Embedding(self.cells**3, w)
+        self.cell_in = nn.Linear(w, w)
+        self.trunk = _Trunk(w, cfg.heads, cfg.texture_blocks)
+        self.skip = nn.Linear(w, w)
+        self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, w), nn.GELU(approximate="tanh"))
+        self.out = nn.Linear(w, 3)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: SparseTensor, t: torch.Tensor, cond: torch.Tensor, **_: object) -> SparseTensor:
+        coords = x.coords.long()
+        b = x.shape[0]
+        xyz = coords[:, 1:]
+        cell = xyz // 2
+        sub = (xyz % 2) @ torch.tensor([4, 2, 1], device=coords.device)
+        cell_id = (cell @ torch.tensor([self.cells**2, self.cells, 1], device=coords.device))
+        h_vox = self.inp(x.feats.to(self.inp.weight.dtype)) + self.sub(sub)
+        key = coords[:, 0] * self.cells**3 + cell_id
+        uniq, inv = torch.unique(key, return_inverse=True)
+        k = uniq.shape[0]
+        pooled = torch.zeros(k, h_vox.shape[1], device=h_vox.device, dtype=h_vox.dtype).index_add_(0, inv, h_vox)
+        count = torch.zeros(k, device=h_vox.device, dtype=h_vox.dtype).index_add_(
+            0, inv, torch.ones_like(inv, dtype=h_vox.dtype)
+        )
+        tok = self.cell_in(pooled / count[:, None]) + self.pos(uniq % self.cells**3)
+        cb = uniq // self.cells**3  # batch item of each cell (cells sorted by batch)
+        per = torch.bincount(cb, minlength=b)
+        start = torch.cumsum(per, 0) - per
+        slot = torch.arange(k, device=tok.device) - start[cb]
+        n = max(int(per.max().item()) if k else 1, 1)
+        padded = torch.zeros(b, n, tok.shape[1], device=tok.device, dtype=tok.dtype)
+        padded[cb, slot] = tok
+        valid = torch.zeros(b, n, dtype=torch.bool, device=tok.device)
+        valid[cb, slot] = True
+        valid[:, 0] = True  # an empty item still attends somewhere (its output is unused)
+        mask = valid[:, None, None, :]
+        h = self.trunk(padded, t, cond, mask)
+        per_vox = h[cb[inv], slot[inv]] + self.skip(h_vox)
+        return x.replace(self.out(self.head(per_vox)).to(x.feats.dtype))
+
+
+class ProxyModels(nn.Module):
+    """The encoder and the two stage models, saved and loaded together."""
+
+    def __init__(self, cfg: ProxyConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or ProxyConfig()
+        self.encoder = ImageEncoder(self.cfg)
+        self.structure = StructureFlow(self.cfg)
+        self.texture = TextureFlow(self.cfg)
+
+
+def save_models(models: ProxyModels, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write the weights as float16 safetensors with the config in the metadata.
+
+    >>> import tempfile, os
+    >>> p = save_models(ProxyModels(), os.path.join(tempfile.mkdtemp(), "w.safetensors"))
+    >>> load_models(p).cfg == ProxyConfig()
+    True
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in models.state_dict().items()}
+    meta = {"config": json.dumps(asdict(models.cfg)), "format": "trellis-mv-proxy-1", **(metadata or {})}
+    save_file(state, str(path), metadata=meta)
+    return path
+
+
+def load_models(path: str | Path, device: str | torch.device = "cpu") -> ProxyModels:
+    """Load :class:`ProxyModels` saved by :func:`save_models` (float32, eval mode).
+
+    :raises FileNotFoundError: when ``path`` does not exist.
+    :raises ValueError: when the file is not a proxy weights file or does not match the networks.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"proxy weights not found at weights={str(path)!r}; reinstall trellis-mv or pass the path "
+            "written by `python -m trellis_mv.proxy.train`"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise ValueError(f"weights={str(path)!r} is not a readable safetensors file ({exc}); re-train or reinstall") from exc
+    if meta.get("format") != "trellis-mv-proxy-1":
+        raise ValueError(f"weights={str(path)!r} is not a trellis-mv proxy weights file (format={meta.get('format')!r})")
+    cfg = ProxyConfig(**json.loads(meta["config"]))
+    models = ProxyModels(cfg)
+    try:
+        models.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as exc:
+        raise ValueError(f"weights={str(path)!r} do not match the proxy networks: {exc}") from exc
+    return models.to(device).eval()
