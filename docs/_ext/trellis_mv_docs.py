@@ -1,0 +1,152 @@
+"""Two directives that keep the docs in step with the code.
+
+``.. cli-help:: [SUBCOMMAND]``
+    the ``--help`` text of ``trellis-mv`` (or of one subcommand), from its argparse parser.
+``.. benchmark-table:: GLOB``
+    the Markdown result files matching ``GLOB`` (relative to the repository root), turned
+    into reStructuredText; where none exists yet, a note that names the command producing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+from typing import ClassVar
+
+from docutils import nodes
+from docutils.parsers.rst import directives
+from docutils.statemachine import StringList
+from sphinx.util.docutils import SphinxDirective
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    raise LookupError(f"trellis-mv has no subcommand {name!r}")
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _literal(text: str) -> nodes.literal_block:
+    block = nodes.literal_block(text, text)
+    block["language"] = "text"
+    return block
+
+
+class CliHelp(SphinxDirective):
+    """``--help`` of the command, or of one subcommand; with ``:subcommands:``, then of each subcommand."""
+
+    optional_arguments = 1
+    has_content = False
+    option_spec: ClassVar[dict] = {"subcommands": directives.flag}
+
+    def run(self) -> list[nodes.Node]:
+        from trellis_mv.cli import build_parser
+
+        old = os.environ.get("COLUMNS")
+        os.environ["COLUMNS"] = "88"
+        try:
+            parser = build_parser()
+            if self.arguments:
+                parser = _subparser(parser, self.arguments[0])
+            out: list[nodes.Node] = [_literal(parser.format_help())]
+            if "subcommands" in self.options:
+                for name, sub in _subcommands(parser).items():
+                    out.append(nodes.rubric(text=f"trellis-mv {name}"))
+                    out.append(_literal(sub.format_help()))
+        finally:
+            if old is None:
+                os.environ.pop("COLUMNS", None)
+            else:
+                os.environ["COLUMNS"] = old
+        return out
+
+
+_INLINE_CODE = re.compile(r"`([^`]+)`")
+_LINK = re.compile(r"\[([^\]]+)\]\(([^)]+)\)")
+
+
+def _inline(text: str) -> str:
+    text = _INLINE_CODE.sub(lambda m: f"``{m.group(1)}``", text)
+    return _LINK.sub(lambda m: f"`{m.group(1)} <{m.group(2)}>`__", text)
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def markdown_to_rst(text: str) -> list[str]:
+    """The Markdown the benchmark scripts write (headings, paragraphs, lists, pipe tables) as rST."""
+    out: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.lstrip().startswith("|") and i + 1 < len(lines) and re.match(r"^\s*\|?[\s:|-]+\|?\s*$", lines[i + 1]):
+            header = _cells(line)
+            rows = []
+            i += 2
+            while i < len(lines) and lines[i].lstrip().startswith("|"):
+                rows.append(_cells(lines[i]))
+                i += 1
+            out += ["", ".. list-table::", "   :header-rows: 1", ""]
+            for row in [header, *rows]:
+                row = (row + [""] * len(header))[: len(header)]
+                out.append(f"   * - {_inline(row[0]) or '..'}")
+                out += [f"     - {_inline(c) or '..'}" for c in row[1:]]
+            out.append("")
+            continue
+        heading = re.match(r"^(#+)\s+(.*)$", line)
+        if heading:
+            out += ["", f".. rubric:: {_inline(heading.group(2))}", ""]
+        elif line.startswith("```"):
+            out += ["", ".. code-block:: text", ""]
+            i += 1
+            while i < len(lines) and not lines[i].startswith("```"):
+                out.append("   " + lines[i])
+                i += 1
+            out.append("")
+        else:
+            out.append(_inline(line))
+        i += 1
+    return out
+
+
+class BenchmarkTable(SphinxDirective):
+    required_arguments = 1
+    option_spec: ClassVar[dict] = {"command": directives.unchanged}
+
+    def run(self) -> list[nodes.Node]:
+        files = sorted(ROOT.glob(self.arguments[0]))
+        lines: list[str] = []
+        if not files:
+            command = self.options.get("command", "")
+            lines = [
+                ".. note::",
+                "",
+                f"   No result file matches ``{self.arguments[0]}`` in this checkout. "
+                f"Produce it with ``{command}``; the table appears here on the next build.",
+            ]
+        for path in files:
+            self.env.note_dependency(str(path))
+            lines += markdown_to_rst(path.read_text(encoding="utf-8"))
+            lines += ["", f"*Source:* ``{path.relative_to(ROOT).as_posix()}``", ""]
+        container = nodes.container()
+        self.state.nested_parse(StringList(lines, source=self.arguments[0]), self.content_offset, container)
+        return container.children
+
+
+def setup(app: object) -> dict[str, object]:
+    app.add_directive("cli-help", CliHelp)
+    app.add_directive("benchmark-table", BenchmarkTable)
+    return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}
