@@ -14,6 +14,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE / "_ext"))
 sys.path.insert(0, str(ROOT / "src"))  # a source checkout builds without installing
+for plugin_src in sorted(ROOT.glob("plugins/*/src")):  # the plugins' API pages need them importable
+    sys.path.append(str(plugin_src))
 
 # Gallery scripts run on CPU, single-threaded where it helps, and quietly.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
