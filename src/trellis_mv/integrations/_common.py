@@ -1,0 +1,349 @@
+"""What the TRELLIS.2 and TRELLIS (v1) integrations share.
+
+Both pipelines have the same shape: ``preprocess_image``, ``get_cond`` returning one row per
+image, one sampler per stage, stage methods that call ``sampler.sample(model, noise,
+**cond, **params)``, and a ``run`` that strings them together for *one* image. A multi-view
+run here is that same ``run``, with
+
+* ``get_cond`` answering the N views' conditioning (one negative row), and
+* every stage sampler patched by :func:`trellis_mv.patch_sampler` with its stage's aggregator,
+
+both undone when the run ends, however it ends. Nothing of the pipeline's own logic (the
+cascade, its token-budget fallback, the decoders) is copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._errors import TrellisMVError, ViewError
+
+__all__ = [
+    "ImageError",
+    "ParameterError",
+    "StageChoice",
+    "load_images",
+    "parse_stage_values",
+]
+
+
+class ParameterError(TrellisMVError, ValueError):
+    """A run parameter is outside its range or unknown; raised before any model work."""
+
+
+class ImageError(ViewError):
+    """An input view cannot be used: unreadable, no foreground, or a size unlike the others."""
+
+
+@dataclass(frozen=True)
+class StageChoice:
+    """The aggregator of one stage and its options.
+
+    :ivar aggregator: a registered name (``"multidiffusion"``, ``"stochastic"``, ...) or an
+        aggregator instance.
+    :ivar options: the aggregator's options (only with a name).
+    :ivar weights: one weight per view, or ``None`` for equal weights.
+    :ivar max_batch: at most this many latent rows per model forward (memory cap).
+    """
+
+    aggregator: Any = "multidiffusion"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    weights: Sequence[float] | None = None
+    max_batch: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.aggregator if isinstance(self.aggregator, str) else getattr(self.aggregator, "name", "?")
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+
+def _coerce(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if "," in text:
+        return tuple(_coerce(p) for p in text.split(","))
+    return text
+
+
+def parse_aggregator_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"name"`` or ``"name:key=value,key=value"`` -> ``(name, options)``.
+
+    >>> parse_aggregator_spec("stochastic:order=random,seed=3")
+    ('stochastic', {'order': 'random', 'seed': 3})
+    """
+    name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    if rest:
+        for item in rest.split(","):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ParameterError(f"aggregator options must read key=value; got {item!r} in {spec!r}")
+            options[key.strip()] = _coerce(value.strip())
+    if not name.strip():
+        raise ParameterError(f"no aggregator name in {spec!r}")
+    return name.strip(), options
+
+
+def canonical_stage(name: str, stages: Sequence[str], aliases: Mapping[str, str]) -> str:
+    key = name.strip().lower().replace("-", "_")
+    key = aliases.get(key, key)
+    if key not in stages:
+        raise ParameterError(f"unknown stage {name!r}; stages are {', '.join(stages)}")
+    return key
+
+
+def parse_stage_values(values: Sequence[str] | None, stages: Sequence[str], aliases: Mapping[str, str],
+                       cast: Callable[[str], Any] = _coerce, what: str = "value") -> dict[str, Any]:
+    """Command-line values ``["12"]`` (every stage) or ``["shape=12", "texture=8"]`` -> per stage.
+
+    >>> parse_stage_values(["8", "shape=12"], ("sparse_structure", "shape"), {})
+    {'sparse_structure': 8, 'shape': 12}
+    """
+    out: dict[str, Any] = {}
+    for item in values or []:
+        stage, sep, value = item.partition("=")
+        if sep and not stage.replace("_", "").replace("-", "").isalpha():
+            sep = ""
+        if sep:
+            out[canonical_stage(stage, stages, aliases)] = cast(value)
+        else:
+            value = cast(item)
+            for s in stages:
+                out.setdefault(s, value)
+    return out
+
+
+def resolve_stages(stages: Mapping[str, Any] | None, mode: Any, stage_names: Sequence[str],
+                   aliases: Mapping[str, str], weights: Sequence[float] | None,
+                   max_batch: int | None) -> dict[str, StageChoice]:
+    """One :class:`StageChoice` per stage: ``stages`` overrides ``mode`` stage by stage."""
+    base = _as_choice(mode, weights, max_batch)
+    out = {s: base for s in stage_names}
+    for key, value in (stages or {}).items():
+        out[canonical_stage(key, stage_names, aliases)] = _as_choice(value, weights, max_batch)
+    return out
+
+
+def _as_choice(value: Any, weights: Sequence[float] | None, max_batch: int | None) -> StageChoice:
+    if isinstance(value, StageChoice):
+        return StageChoice(value.aggregator, value.options,
+                           value.weights if value.weights is not None else weights,
+                           value.max_batch if value.max_batch is not None else max_batch)
+    if isinstance(value, str):
+        name, options = parse_aggregator_spec(value)
+        return StageChoice(name, options, weights, max_batch)
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], Mapping):
+        return StageChoice(value[0], dict(value[1]), weights, max_batch)
+    if value is None:
+        raise ParameterError("no aggregator given; pass mode= a registered aggregator name")
+    return StageChoice(value, {}, weights, max_batch)
+
+
+def check_aggregators(choices: Mapping[str, StageChoice]) -> None:
+    """Instantiate every named aggregator once, so unknown names and bad options fail early."""
+    from .. import get_aggregator
+
+    for stage, choice in choices.items():
+        if isinstance(choice.aggregator, str):
+            try:
+                get_aggregator(choice.aggregator, **dict(choice.options))
+            except (TrellisMVError, TypeError, ValueError) as exc:
+                raise ParameterError(f"stage {stage!r}: {exc}") from exc
+        if choice.max_batch is not None and (not isinstance(choice.max_batch, int) or choice.max_batch < 1):
+            raise ParameterError(f"stage {stage!r}: max_batch must be a positive integer; got {choice.max_batch!r}")
+
+
+# -- parameter checks ---------------------------------------------------------------------
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(float(x))
+
+
+def check_sampler_params(stage: str, params: Mapping[str, Any], allowed: Sequence[str],
+                         hints: Mapping[str, str] | None = None) -> None:
+    """Range checks shared by both dialects; unknown names are refused with the allowed list."""
+    hints = hints or {}
+    for key, value in params.items():
+        where = f"{stage} sampler parameter {key}"
+        if key not in allowed:
+            hint = f" ({hints[key]})" if key in hints else ""
+            raise ParameterError(f"unknown {stage} sampler parameter {key!r}{hint}; expected one of {', '.join(allowed)}")
+        if key == "steps":
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ParameterError(f"{where} must be an integer >= 1; got {key}={value!r}")
+        elif key in ("guidance_rescale",):
+            if not _is_number(value) or not 0 <= float(value) <= 1:
+                raise ParameterError(f"{where} must be in [0, 1]; got {key}={value!r}")
+        elif key == "rescale_t":
+            if not _is_number(value) or float(value) <= 0:
+                raise ParameterError(f"{where} must be a number > 0; got {key}={value!r}")
+        elif key in ("guidance_strength", "cfg_strength"):
+            if not _is_number(value) or float(value) < 0:
+                raise ParameterError(f"{where} must be a finite number >= 0; got {key}={value!r}")
+        elif key in ("guidance_interval", "cfg_interval"):
+            ok = (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value)
+                  and 0 <= float(value[0]) <= float(value[1]) <= 1)
+            if not ok:
+                raise ParameterError(f"{where} must be a pair (lo, hi) with 0 <= lo <= hi <= 1; got {key}={value!r}")
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ParameterError(f"{name} must be an integer >= {minimum}; got {name}={value!r}")
+
+
+# -- images ---------------------------------------------------------------------------------
+
+
+def load_images(images: Sequence[Any]) -> list[Any]:
+    """Open paths as PIL images (fully read), pass PIL images through; errors name the view."""
+    from PIL import Image
+
+    if isinstance(images, (str, Path)) or not isinstance(images, Sequence) or len(images) == 0:
+        raise ImageError(f"expected a non-empty list of images (paths or PIL images); got {images!r}")
+    out = []
+    for i, item in enumerate(images):
+        if isinstance(item, Image.Image):
+            out.append(item)
+            continue
+        if not isinstance(item, (str, Path)):
+            raise ImageError(f"view {i} is {type(item).__name__}; expected a path or a PIL image")
+        path = Path(item)
+        try:
+            with Image.open(path) as im:
+                im.load()
+                out.append(im.copy())
+        except FileNotFoundError as exc:
+            raise ImageError(f"view {i}: {path} does not exist") from exc
+        except Exception as exc:
+            raise ImageError(f"view {i}: cannot read {path} as an image ({type(exc).__name__}: {exc})") from exc
+    return out
+
+
+def view_name(images: Sequence[Any], i: int) -> str:
+    item = images[i]
+    return str(item) if isinstance(item, (str, Path)) else f"view {i}"
+
+
+def check_images(raw: Sequence[Any], opened: Sequence[Any], *, preprocess: bool) -> None:
+    """Same size for every view; a visible foreground in those that carry an alpha channel."""
+    sizes = [im.size for im in opened]
+    if len(set(sizes)) > 1:
+        listed = ", ".join(f"{view_name(raw, i)}: {w}x{h}" for i, (w, h) in enumerate(sizes))
+        raise ImageError(f"the views have different resolutions ({listed}); give every view at the same size")
+    if not preprocess:
+        return
+    for i, im in enumerate(opened):
+        if im.mode == "RGBA":
+            alpha = np.asarray(im)[:, :, 3]
+            if np.all(alpha == 255):
+                continue  # opaque: the pipeline removes the background itself
+            if not np.any(alpha > 0.8 * 255):
+                raise ImageError(
+                    f"{view_name(raw, i)}: no foreground found (no pixel with alpha above 80%); "
+                    "give an image whose object is opaque, or an RGB image for background removal"
+                )
+
+
+def preprocess_views(pipeline: Any, raw: Sequence[Any], opened: Sequence[Any]) -> list[Any]:
+    """The pipeline's own ``preprocess_image`` per view, with errors that name the view."""
+    out = []
+    for i, im in enumerate(opened):
+        try:
+            out.append(pipeline.preprocess_image(im))
+        except ValueError as exc:  # numpy's min() of an empty bounding box
+            raise ImageError(
+                f"{view_name(raw, i)}: no foreground found after background removal ({exc}); "
+                "give an image with a clearly visible object"
+            ) from exc
+    return out
+
+
+# -- patching -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def patch_stages(samplers: Mapping[str, Any], choices: Mapping[str, StageChoice]) -> Iterator[dict[str, Any]]:
+    """Patch each stage's sampler with its :class:`StageChoice`; yields ``{stage: Patch}``.
+
+    When two stages share one sampler object they must share the aggregator too (one patch
+    serves both, labelled ``"a+b"``).
+    """
+    from .. import patch_sampler
+
+    groups: dict[int, list[str]] = {}
+    for stage in choices:
+        groups.setdefault(id(samplers[stage]), []).append(stage)
+    with contextlib.ExitStack() as stack:
+        patches: dict[str, Any] = {}
+        for stages in groups.values():
+            first = choices[stages[0]]
+            for other in stages[1:]:
+                if choices[other] != first:
+                    raise ParameterError(
+                        f"stages {stages[0]!r} and {other!r} share one sampler object in this pipeline, so they "
+                        "need the same aggregator; give them the same choice or separate sampler instances"
+                    )
+            patch = stack.enter_context(patch_sampler(
+                samplers[stages[0]], first.aggregator, weights=first.weights, stage="+".join(stages),
+                max_batch=first.max_batch, **dict(first.options),
+            ))
+            for stage in stages:
+                patches[stage] = patch
+        yield patches
+
+
+@contextlib.contextmanager
+def redirect_get_cond(pipeline: Any, make: Callable[..., dict[str, torch.Tensor]]) -> Iterator[None]:
+    """Make ``pipeline.get_cond`` answer ``make(*args, **kwargs)`` for the block, then restore it."""
+    had = "get_cond" in vars(pipeline)
+    saved = vars(pipeline).get("get_cond")
+    pipeline.get_cond = make
+    try:
+        yield
+    finally:
+        if had:
+            pipeline.get_cond = saved
+        else:
+            del pipeline.get_cond
+
+
+def views_cond(encoded: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``get_cond``'s dict with its N identical negative rows reduced to one."""
+    out = dict(encoded)
+    if "neg_cond" in out and out["neg_cond"] is not None:
+        out["neg_cond"] = out["neg_cond"][:1]
+    return out
+
+
+def summarize_patches(patches: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for stage, patch in patches.items():
+        out[stage] = {
+            "aggregator": patch.name,
+            "sampling_runs": patch.runs,
+            "steps": len(patch.records),
+            "model_forwards": patch.model_calls,
+            "latent_rows": patch.batch_rows,
+        }
+    return out
