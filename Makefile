@@ -27,7 +27,7 @@ test: $(BIN)/.installed
 
 # What CI runs: the tests, the docs with warnings as errors, the plugin wheels in a fresh venv.
 check: test docs
-	bash scripts/check_wheels.sh
+	PYTHON=$(BIN)/python bash scripts/check_wheels.sh
 
 docs: $(BIN)/.installed
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html

@@ -211,13 +211,22 @@ class Step:
 
         return self._inference(lookup, self.x_t, self.t, pos, **self._chain_kwargs(neg))
 
-    def sampler_call(self, cond: torch.Tensor) -> Any:
+    @property
+    def model(self) -> Any:
+        """The model the sampler was called with (e.g. to check which keywords it takes)."""
+        return self._model
+
+    def sampler_call(self, cond: torch.Tensor, *, neg: torch.Tensor | None = None, **model_kwargs: Any) -> Any:
         """What the unpatched sampler returns for this step with conditioning ``cond`` ``[1, ...]``.
 
         Guidance is the sampler's own; the conditioning and negative are repeated per sample.
+
+        :param neg: a negative row ``[1, ...]`` to use instead of the shared one.
+        :param model_kwargs: extra keywords for every model call of this step.
         """
-        neg = self._expand(self.views.neg) if self.views.neg is not None else None
-        return self._inference(self._counting_model, self.x_t, self.t, self._expand(cond), **self._chain_kwargs(neg))
+        neg = self.views.neg if neg is None else neg
+        kwargs = {**self._chain_kwargs(self._expand(neg) if neg is not None else None), **model_kwargs}
+        return self._inference(self._counting_model, self.x_t, self.t, self._expand(cond), **kwargs)
 
     def select(self, view: int) -> Any:
         """Exactly the unpatched sampler's prediction with view ``view`` alone."""

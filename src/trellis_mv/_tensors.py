@@ -16,6 +16,7 @@ Latent = Any  # a torch.Tensor or a sparse tensor
 
 
 def is_sparse(x: object) -> bool:
+    """Whether ``x`` is a sparse latent (has ``feats``, ``coords`` and ``replace``)."""
     return hasattr(x, "feats") and hasattr(x, "coords") and hasattr(x, "replace")
 
 
@@ -29,7 +30,12 @@ def feats(x: Latent) -> torch.Tensor:
 
 
 def with_feats(like: Latent, values: torch.Tensor) -> Latent:
-    """A latent shaped like ``like`` holding ``values``."""
+    """A latent shaped like ``like`` holding ``values`` (for sparse ones: the same voxels).
+
+    >>> import torch
+    >>> with_feats(torch.zeros(2), torch.ones(2))
+    tensor([1., 1.])
+    """
     return like.replace(values) if is_sparse(like) else values
 
 
@@ -43,10 +49,8 @@ def repeat_batch(x: Latent, n: int) -> Latent:
         offsets = torch.arange(n, device=coords.device, dtype=coords.dtype).repeat_interleave(x.coords.shape[0]) * b
         coords[:, 0] += offsets
         values = x.feats.repeat(n, *([1] * (x.feats.ndim - 1)))
-        try:
-            return type(x)(feats=values, coords=coords)
-        except TypeError:
-            return type(x)(values, coords)
+        # give the batch size explicitly: a sample without voxels must not shrink the batch
+        return type(x)(feats=values, coords=coords, shape=torch.Size([n * b, *x.shape[1:]]))
     return x.repeat(n, *([1] * (x.ndim - 1)))
 
 
@@ -59,7 +63,7 @@ def split_batch(y: Latent, like: Latent, n: int) -> list[Latent]:
         values = feats(y)
         if values.shape[0] != n * rows:
             raise ValueError(f"expected {n * rows} rows from the model, got {values.shape[0]}")
-        return [like.replace(chunk) for chunk in values.split(rows)]
+        return [like.replace(values[k * rows : (k + 1) * rows]) for k in range(n)]
     return list(y.split(batch_size(like)))
 
 

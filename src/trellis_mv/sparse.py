@@ -21,7 +21,9 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["SparseTensor"]
+from ._tensors import feats, is_sparse, with_feats
+
+__all__ = ["SparseTensor", "feats", "is_sparse", "with_feats"]
 
 
 class SparseTensor:
@@ -30,11 +32,14 @@ class SparseTensor:
     :param feats: one feature row per active voxel.
     :param coords: ``int`` coordinates ``(batch, x, y, z)``; rows of one batch item contiguous.
     :param batch_size: number of batch items; inferred from ``coords`` when omitted.
+    :param shape: TRELLIS.2's way to give the batch size, ``[B, C]``; ``shape[0]`` is used.
     """
 
     __slots__ = ("_batch_size", "coords", "feats")
 
-    def __init__(self, feats: torch.Tensor, coords: torch.Tensor, batch_size: int | None = None) -> None:
+    def __init__(
+        self, feats: torch.Tensor, coords: torch.Tensor, batch_size: int | None = None, shape: torch.Size | None = None
+    ) -> None:
         if feats.ndim < 2 or coords.ndim != 2 or coords.shape[1] != 4:
             raise ValueError(
                 f"SparseTensor expects feats [M, C] and coords [M, 4]; got feats {tuple(feats.shape)} "
@@ -44,6 +49,8 @@ class SparseTensor:
             raise ValueError(f"feats has {feats.shape[0]} rows but coords has {coords.shape[0]}")
         self.feats = feats
         self.coords = coords
+        if batch_size is None and shape is not None:
+            batch_size = int(shape[0])
         if batch_size is None:
             batch_size = int(coords[:, 0].max().item()) + 1 if coords.shape[0] else 0
         self._batch_size = batch_size

@@ -32,7 +32,7 @@ def _latent(kind, b, g):
         return torch.arange(b, dtype=torch.float32).view(b, 1, 1).expand(b, 2, 3).contiguous()
     coords, feats = [], []
     for i in range(b):
-        n = int(torch.randint(1, 5, (1,), generator=g))
+        n = int(torch.randint(0, 5, (1,), generator=g))  # a sample may have no voxels
         coords.append(torch.tensor([[i, k, 0, 0] for k in range(n)]))
         feats.append(torch.full((n, 2), float(i)))
     return SparseTensor(torch.cat(feats), torch.cat(coords).int(), batch_size=b)

@@ -110,8 +110,7 @@ class Concat:
         logits = [bias[i] + math.log(weights[i]) for i in keep]
         if max(logits) - min(logits) <= 1e-12:  # nothing to bias: the sampler's own step
             return step.sampler_call(tokens)
-        model = _model(step)
-        if not takes_bias(model):
+        if not takes_bias(step.model):
             unequal_bias = len({bias[i] for i in keep}) > 1
             given = f"option bias={[bias[i] for i in keep]}" if unequal_bias else f"weights={weights}"
             raise _fail(given, f"asks for unequal attention to the views, but the model's forward takes no "
@@ -124,24 +123,10 @@ class Concat:
         # the negative gets the same bias, so it is tiled to the same length: K copies of one row
         # attend as that row does, whatever bias each copy gets
         neg = step.views.neg.repeat(1, len(keep), 1) if step.views.neg is not None else None
-        return _sampler_call(step, tokens, neg, **{BIAS_KEYWORD: cond_bias})
+        return step.sampler_call(tokens, neg=neg, **{BIAS_KEYWORD: cond_bias})
 
     def __repr__(self) -> str:
         return f"Concat(bias={self.bias!r})"
-
-
-# -- until Step exposes the model and takes model keywords in sampler_call ----------------
-def _model(step: Step) -> Any:
-    model = getattr(step, "model", None)
-    return model if model is not None else step._model
-
-
-def _sampler_call(step: Step, cond: torch.Tensor, neg: torch.Tensor | None, **model_kwargs: Any) -> Any:
-    """``step.sampler_call(cond)`` with another negative row and extra keywords for every model call."""
-    if "neg" in inspect.signature(step.sampler_call).parameters:
-        return step.sampler_call(cond, neg=neg, **model_kwargs)
-    kwargs = {**step._chain_kwargs(step._expand(neg) if neg is not None else None), **model_kwargs}
-    return step._inference(step._counting_model, step.x_t, step.t, step._expand(cond), **kwargs)
 
 
 @hookimpl

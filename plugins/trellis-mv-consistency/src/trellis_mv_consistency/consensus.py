@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from trellis_mv import AggregatorOptionError, Step, hookimpl
-from trellis_mv._tensors import feats, is_sparse, with_feats
+from trellis_mv.sparse import feats, is_sparse, with_feats
 
 __all__ = ["Consensus", "consensus_weights"]
 
