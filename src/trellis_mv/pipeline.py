@@ -18,7 +18,16 @@ from ._patch import Patch, patch_sampler
 from ._registry import get_aggregator
 from ._spec import Aggregator
 
-__all__ = ["MultiViewPipeline", "StageSpec", "parse_stage", "patch_stages", "plan_stages", "run_multi_image"]
+__all__ = [
+    "MultiViewPipeline",
+    "StageSpec",
+    "canonical_stage",
+    "parse_aggregator",
+    "parse_stage",
+    "patch_stages",
+    "plan_stages",
+    "run_multi_image",
+]
 
 #: How a stage's aggregator is given: a registered name, ``(name, options)``, or an instance.
 StageSpec = str | tuple[str, Mapping[str, Any]] | Aggregator
@@ -37,51 +46,77 @@ class MultiViewPipeline(Protocol):
         ...
 
 
+def _value(text: str) -> Any:
+    """A command-line option value: a Python literal, true/false/none, or else the bare word."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def parse_aggregator(text: str) -> tuple[str, dict[str, Any]]:
+    """Parse ``AGGREGATOR[:OPTION=VALUE,...]``.
+
+    >>> parse_aggregator("stochastic:order=random,seed=3")
+    ('stochastic', {'order': 'random', 'seed': 3})
+    """
+    name, _, opts = text.partition(":")
+    if not name.strip():
+        raise ValueError(f"no aggregator name in {text!r}; expected AGGREGATOR[:OPTION=VALUE,...]")
+    options: dict[str, Any] = {}
+    for item in filter(None, (o.strip() for o in opts.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"option {item!r} in {text!r} is not OPTION=VALUE")
+        options[key.strip()] = _value(value.strip())
+    return name.strip(), options
+
+
 def parse_stage(text: str) -> tuple[str, str, dict[str, Any]]:
     """Parse a command-line stage choice ``STAGE=AGGREGATOR[:OPTION=VALUE,...]``.
 
     >>> parse_stage("texture=single:view=0")
     ('texture', 'single', {'view': 0})
-    >>> parse_stage("shape=stochastic:order='random',seed=3")
-    ('shape', 'stochastic', {'order': 'random', 'seed': 3})
     """
     stage, sep, rest = text.partition("=")
     if not sep or not stage.strip() or not rest.strip():
         raise ValueError(f"expected STAGE=AGGREGATOR[:OPTION=VALUE,...], e.g. shape=multidiffusion; got {text!r}")
-    name, _, opts = rest.partition(":")
-    options: dict[str, Any] = {}
-    for item in filter(None, (o.strip() for o in opts.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"option {item!r} in {text!r} is not OPTION=VALUE")
-        try:
-            options[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            options[key.strip()] = value.strip()  # a bare word: keep it as a string
-    return stage.strip(), name.strip(), options
+    return (stage.strip(), *parse_aggregator(rest))
+
+
+def canonical_stage(name: str, stage_names: Sequence[str], aliases: Mapping[str, str] | None = None) -> str:
+    """A stage name as the pipeline spells it (case, ``-``/``_`` and ``aliases`` forgiven)."""
+    key = name.strip().lower().replace("-", "_")
+    key = (aliases or {}).get(key, key)
+    if key not in stage_names:
+        known = ", ".join(stage_names)
+        extra = f" (or {', '.join(sorted(aliases))})" if aliases else ""
+        raise PatchError(f"unknown stage {name!r}; this pipeline's stages are: {known}{extra}")
+    return key
 
 
 def plan_stages(
     stage_names: Sequence[str],
     mode: StageSpec = "multidiffusion",
     stages: Mapping[str, StageSpec] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> dict[str, Aggregator]:
     """One aggregator per stage: ``stages`` where given, ``mode`` elsewhere.
 
-    >>> plan = plan_stages(["sparse_structure", "texture"], "stochastic", {"texture": ("single", {"view": 0})})
+    A spec is a registered name, ``"name:option=value,..."``, ``(name, options)`` or an instance.
+
+    >>> plan = plan_stages(["sparse_structure", "texture"], "stochastic", {"texture": "single:view=0"})
     >>> {k: v.name for k, v in plan.items()}
     {'sparse_structure': 'stochastic', 'texture': 'single'}
     """
-    stages = dict(stages or {})
-    unknown = sorted(set(stages) - set(stage_names))
-    if unknown:
-        raise PatchError(f"unknown stage(s) {unknown}; this pipeline's stages are: {', '.join(stage_names)}")
-    return {name: _build(stages.get(name, mode)) for name in stage_names}
+    chosen = {canonical_stage(k, stage_names, aliases): v for k, v in (stages or {}).items()}
+    return {name: _build(chosen.get(name, mode)) for name in stage_names}
 
 
 def _build(spec: StageSpec) -> Aggregator:
     if isinstance(spec, str):
-        return get_aggregator(spec)
+        name, options = parse_aggregator(spec)
+        return get_aggregator(name, **options)
     if isinstance(spec, tuple):
         name, options = spec
         return get_aggregator(name, **dict(options))
@@ -98,21 +133,27 @@ def patch_stages(
 ) -> Iterator[dict[str, Patch]]:
     """Patch every stage's sampler with its aggregator; all are restored on exit.
 
-    Stages that share one sampler instance cannot have different aggregators; that is an error.
+    Stages that share one sampler instance share one patch (labelled ``"a+b"``), which
+    needs the same aggregator for both; different ones are an error.
     """
-    seen: dict[int, str] = {}
-    for stage, sampler in samplers.items():
-        if id(sampler) in seen:
-            raise PatchError(f"stages {seen[id(sampler)]!r} and {stage!r} share one sampler instance; "
-                             "give each stage its own sampler so each can have its own aggregator")
-        seen[id(sampler)] = stage
+    groups: dict[int, list[str]] = {}
+    for stage in aggregators:
+        groups.setdefault(id(samplers[stage]), []).append(stage)
+    built = {stage: _build(spec) for stage, spec in aggregators.items()}
     with ExitStack() as stack:
-        patches = {
-            stage: stack.enter_context(
-                patch_sampler(samplers[stage], _build(spec), weights=weights, stage=stage, max_batch=max_batch)
+        patches: dict[str, Patch] = {}
+        for group in groups.values():
+            first = built[group[0]]
+            for other in group[1:]:
+                if repr(built[other]) != repr(first) or built[other].name != first.name:
+                    raise PatchError(
+                        f"stages {group[0]!r} and {other!r} share one sampler instance, so they need the same "
+                        "aggregator; give them the same one, or give each stage its own sampler"
+                    )
+            patch = stack.enter_context(
+                patch_sampler(samplers[group[0]], first, weights=weights, stage="+".join(group), max_batch=max_batch)
             )
-            for stage, spec in aggregators.items()
-        }
+            patches.update(dict.fromkeys(group, patch))
         yield patches
 
 

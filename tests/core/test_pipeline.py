@@ -56,14 +56,30 @@ def test_one_view_everywhere_equals_the_unpatched_pipeline(seed):
 
 def test_stage_errors():
     views = [torch.randn(5, 8)]
-    with pytest.raises(PatchError, match=r"unknown stage\(s\) \[.shape.\]; .* stages are: sparse_structure, texture"):
+    with pytest.raises(PatchError, match=r"unknown stage 'shape'; .* stages are: sparse_structure, texture"):
         run_multi_image(TwoStage(), views, stages={"shape": "stochastic"})
-    with pytest.raises(PatchError, match="share one sampler instance"):
-        run_multi_image(TwoStage(shared=True), views)
+    with pytest.raises(PatchError, match="share one sampler instance, so they need the same aggregator"):
+        run_multi_image(TwoStage(shared=True), views, stages={"texture": "single"})
     with pytest.raises(UnknownAggregatorError):
         run_multi_image(TwoStage(), views, mode="nope")
     with pytest.raises(ValueError, match="no views"):
         run_multi_image(TwoStage(), [])
+
+
+def test_stages_sharing_a_sampler_share_one_patch():
+    pipe = TwoStage(shared=True)
+    _, patches = run_multi_image(pipe, [torch.randn(5, 8, generator=torch.Generator().manual_seed(0))], mode="stochastic")
+    assert patches["sparse_structure"] is patches["texture"] and patches["texture"].stage == "sparse_structure+texture"
+    assert patches["texture"].runs == 2
+
+
+def test_stage_aliases_and_aggregator_strings():
+    from trellis_mv.pipeline import plan_stages
+
+    plan = plan_stages(["sparse_structure", "texture"], "multidiffusion", {"SS": "stochastic:order=random,seed=2"},
+                       aliases={"ss": "sparse_structure"})
+    assert (plan["sparse_structure"].order, plan["sparse_structure"].seed) == ("random", 2)
+    assert plan["texture"].name == "multidiffusion"
 
 
 def test_parse_stage_errors():
