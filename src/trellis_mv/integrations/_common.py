@@ -18,7 +18,6 @@ import contextlib
 import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,12 @@ import numpy as np
 import torch
 
 from .._errors import TrellisMVError, ViewError
+from .._spec import Aggregator
+from ..pipeline import _value, canonical_stage, plan_stages
 
 __all__ = [
     "ImageError",
     "ParameterError",
-    "StageChoice",
     "load_images",
     "parse_stage_values",
 ]
@@ -44,75 +44,11 @@ class ImageError(ViewError):
     """An input view cannot be used: unreadable, no foreground, or a size unlike the others."""
 
 
-@dataclass(frozen=True)
-class StageChoice:
-    """The aggregator of one stage and its options.
-
-    :ivar aggregator: a registered name (``"multidiffusion"``, ``"stochastic"``, ...) or an
-        aggregator instance.
-    :ivar options: the aggregator's options (only with a name).
-    :ivar weights: one weight per view, or ``None`` for equal weights.
-    :ivar max_batch: at most this many latent rows per model forward (memory cap).
-    """
-
-    aggregator: Any = "multidiffusion"
-    options: Mapping[str, Any] = field(default_factory=dict)
-    weights: Sequence[float] | None = None
-    max_batch: int | None = None
-
-    @property
-    def name(self) -> str:
-        return self.aggregator if isinstance(self.aggregator, str) else getattr(self.aggregator, "name", "?")
-
-
-# -- parsing ------------------------------------------------------------------------------
-
-
-def _coerce(text: str) -> Any:
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    if "," in text:
-        return tuple(_coerce(p) for p in text.split(","))
-    return text
-
-
-def parse_aggregator_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"name"`` or ``"name:key=value,key=value"`` -> ``(name, options)``.
-
-    >>> parse_aggregator_spec("stochastic:order=random,seed=3")
-    ('stochastic', {'order': 'random', 'seed': 3})
-    """
-    name, _, rest = spec.partition(":")
-    options: dict[str, Any] = {}
-    if rest:
-        for item in rest.split(","):
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ParameterError(f"aggregator options must read key=value; got {item!r} in {spec!r}")
-            options[key.strip()] = _coerce(value.strip())
-    if not name.strip():
-        raise ParameterError(f"no aggregator name in {spec!r}")
-    return name.strip(), options
-
-
-def canonical_stage(name: str, stages: Sequence[str], aliases: Mapping[str, str]) -> str:
-    key = name.strip().lower().replace("-", "_")
-    key = aliases.get(key, key)
-    if key not in stages:
-        raise ParameterError(f"unknown stage {name!r}; stages are {', '.join(stages)}")
-    return key
+# -- stages ---------------------------------------------------------------------------------
 
 
 def parse_stage_values(values: Sequence[str] | None, stages: Sequence[str], aliases: Mapping[str, str],
-                       cast: Callable[[str], Any] = _coerce, what: str = "value") -> dict[str, Any]:
+                       cast: Callable[[str], Any] = _value, what: str = "value") -> dict[str, Any]:
     """Command-line values ``["12"]`` (every stage) or ``["shape=12", "texture=8"]`` -> per stage.
 
     >>> parse_stage_values(["8", "shape=12"], ("sparse_structure", "shape"), {})
@@ -132,44 +68,25 @@ def parse_stage_values(values: Sequence[str] | None, stages: Sequence[str], alia
     return out
 
 
-def resolve_stages(stages: Mapping[str, Any] | None, mode: Any, stage_names: Sequence[str],
-                   aliases: Mapping[str, str], weights: Sequence[float] | None,
-                   max_batch: int | None) -> dict[str, StageChoice]:
-    """One :class:`StageChoice` per stage: ``stages`` overrides ``mode`` stage by stage."""
-    base = _as_choice(mode, weights, max_batch)
-    out = {s: base for s in stage_names}
-    for key, value in (stages or {}).items():
-        out[canonical_stage(key, stage_names, aliases)] = _as_choice(value, weights, max_batch)
-    return out
+def plan(mode: Any, stages: Mapping[str, Any] | None, stage_names: Sequence[str],
+         aliases: Mapping[str, str]) -> dict[str, Aggregator]:
+    """:func:`trellis_mv.plan_stages`, its errors raised as :class:`ParameterError` (same message)."""
+    try:
+        aggregators = plan_stages(stage_names, mode, stages, aliases)
+    except (TrellisMVError, TypeError, ValueError) as exc:
+        raise ParameterError(str(exc)) from exc
+    for stage, aggregator in aggregators.items():
+        if not isinstance(aggregator, Aggregator):
+            raise ParameterError(
+                f"stage {stage!r}: expected a registered aggregator name, \"name:option=value,...\", "
+                f"(name, options) or an aggregator instance; got {aggregator!r}"
+            )
+    return aggregators
 
 
-def _as_choice(value: Any, weights: Sequence[float] | None, max_batch: int | None) -> StageChoice:
-    if isinstance(value, StageChoice):
-        return StageChoice(value.aggregator, value.options,
-                           value.weights if value.weights is not None else weights,
-                           value.max_batch if value.max_batch is not None else max_batch)
-    if isinstance(value, str):
-        name, options = parse_aggregator_spec(value)
-        return StageChoice(name, options, weights, max_batch)
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], Mapping):
-        return StageChoice(value[0], dict(value[1]), weights, max_batch)
-    if value is None:
-        raise ParameterError("no aggregator given; pass mode= a registered aggregator name")
-    return StageChoice(value, {}, weights, max_batch)
-
-
-def check_aggregators(choices: Mapping[str, StageChoice]) -> None:
-    """Instantiate every named aggregator once, so unknown names and bad options fail early."""
-    from .. import get_aggregator
-
-    for stage, choice in choices.items():
-        if isinstance(choice.aggregator, str):
-            try:
-                get_aggregator(choice.aggregator, **dict(choice.options))
-            except (TrellisMVError, TypeError, ValueError) as exc:
-                raise ParameterError(f"stage {stage!r}: {exc}") from exc
-        if choice.max_batch is not None and (not isinstance(choice.max_batch, int) or choice.max_batch < 1):
-            raise ParameterError(f"stage {stage!r}: max_batch must be a positive integer; got {choice.max_batch!r}")
+def check_weights(weights: Sequence[float] | None, views: int) -> None:
+    if weights is not None and len(weights) != views:
+        raise ParameterError(f"{len(weights)} weights for {views} views; give one weight per view")
 
 
 # -- parameter checks ---------------------------------------------------------------------
@@ -280,37 +197,6 @@ def preprocess_views(pipeline: Any, raw: Sequence[Any], opened: Sequence[Any]) -
 
 
 # -- patching -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def patch_stages(samplers: Mapping[str, Any], choices: Mapping[str, StageChoice]) -> Iterator[dict[str, Any]]:
-    """Patch each stage's sampler with its :class:`StageChoice`; yields ``{stage: Patch}``.
-
-    When two stages share one sampler object they must share the aggregator too (one patch
-    serves both, labelled ``"a+b"``).
-    """
-    from .. import patch_sampler
-
-    groups: dict[int, list[str]] = {}
-    for stage in choices:
-        groups.setdefault(id(samplers[stage]), []).append(stage)
-    with contextlib.ExitStack() as stack:
-        patches: dict[str, Any] = {}
-        for stages in groups.values():
-            first = choices[stages[0]]
-            for other in stages[1:]:
-                if choices[other] != first:
-                    raise ParameterError(
-                        f"stages {stages[0]!r} and {other!r} share one sampler object in this pipeline, so they "
-                        "need the same aggregator; give them the same choice or separate sampler instances"
-                    )
-            patch = stack.enter_context(patch_sampler(
-                samplers[stages[0]], first.aggregator, weights=first.weights, stage="+".join(stages),
-                max_batch=first.max_batch, **dict(first.options),
-            ))
-            for stage in stages:
-                patches[stage] = patch
-        yield patches
 
 
 @contextlib.contextmanager

@@ -18,8 +18,10 @@ from typing import Any
 
 import torch
 
+from .. import Aggregator
+from ..pipeline import patch_stages
 from . import _common as C
-from ._common import ImageError, ParameterError, StageChoice
+from ._common import ImageError, ParameterError
 from .trellis2 import MultiViewResult
 
 __all__ = [
@@ -28,7 +30,6 @@ __all__ = [
     "ImageError",
     "MultiViewResult",
     "ParameterError",
-    "StageChoice",
     "load_pipeline",
     "run_multi_image",
     "stage_samplers",
@@ -77,7 +78,7 @@ def validate_params(
     max_batch: int | None = None,
     sparse_structure_sampler_params: Mapping[str, Any] | None = None,
     slat_sampler_params: Mapping[str, Any] | None = None,
-) -> dict[str, StageChoice]:
+) -> dict[str, Aggregator]:
     """Check a v1 run's arguments before any model work; see :func:`trellis2.validate_params`."""
     if available_models is not None:
         missing = [m for m in REQUIRED_MODELS if m not in available_models]
@@ -85,15 +86,17 @@ def validate_params(
             raise ParameterError(f"this TRELLIS pipeline lacks the models {', '.join(missing)}")
     C.check_int("num_samples", num_samples, 1)
     C.check_int("seed", seed, 0)
+    if max_batch is not None:
+        C.check_int("max_batch", max_batch, 1)
     for stage, p in (("sparse_structure", sparse_structure_sampler_params), ("slat", slat_sampler_params)):
         if p is not None:
             C.check_sampler_params(stage, p, SAMPLER_PARAMS, _V2_HINTS)
-    choices = C.resolve_stages(stages, mode, STAGES, STAGE_ALIASES, weights, max_batch)
-    C.check_aggregators(choices)
+    aggregators = C.plan(mode, stages, STAGES, STAGE_ALIASES)
     if images is not None:
         opened = C.load_images(images)
         C.check_images(images, opened, preprocess=preprocess_image)
-    return choices
+        C.check_weights(weights, len(opened))
+    return aggregators
 
 
 def load_pipeline(model: str = DEFAULT_MODEL, *, device: str | None = None) -> Any:
@@ -132,7 +135,7 @@ def run_multi_image(
     ``meshes`` of the result holds what ``decode_slat`` returns for ``formats``.
     """
     ss, slat = dict(sparse_structure_sampler_params or {}), dict(slat_sampler_params or {})
-    choices = validate_params(
+    aggregators = validate_params(
         images if cond is None else None, mode=mode, stages=stages, available_models=list(pipeline.models),
         num_samples=num_samples, seed=seed, preprocess_image=preprocess_image, weights=weights,
         max_batch=max_batch, sparse_structure_sampler_params=ss, slat_sampler_params=slat,
@@ -153,9 +156,10 @@ def run_multi_image(
             return {"cond": c, "neg_cond": torch.zeros_like(c[:1])}
 
     start = time.perf_counter()
-    with C.redirect_get_cond(pipeline, get_cond), C.patch_stages(stage_samplers(pipeline), choices) as patches:
+    with (C.redirect_get_cond(pipeline, get_cond),
+          patch_stages(stage_samplers(pipeline), aggregators, weights=weights, max_batch=max_batch) as patches):
         out = pipeline.run(views[0] if views else None, num_samples=num_samples, seed=seed,
                            sparse_structure_sampler_params=ss, slat_sampler_params=slat,
                            formats=list(formats), preprocess_image=False)
     return MultiViewResult(meshes=out, patches=patches, views=views, seconds=time.perf_counter() - start,
-                           choices=choices)
+                           aggregators=aggregators)

@@ -27,8 +27,10 @@ from typing import Any
 
 import torch
 
+from .. import Aggregator
+from ..pipeline import parse_stage, patch_stages
 from . import _common as C
-from ._common import ImageError, ParameterError, StageChoice
+from ._common import ImageError, ParameterError
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -37,7 +39,6 @@ __all__ = [
     "ImageError",
     "MultiViewResult",
     "ParameterError",
-    "StageChoice",
     "TrellisNotInstalled",
     "generate",
     "load_pipeline",
@@ -142,15 +143,15 @@ def validate_params(
     sparse_structure_sampler_params: Mapping[str, Any] | None = None,
     shape_slat_sampler_params: Mapping[str, Any] | None = None,
     tex_slat_sampler_params: Mapping[str, Any] | None = None,
-) -> dict[str, StageChoice]:
+) -> dict[str, Aggregator]:
     """Check every argument of a run before any model is loaded or evaluated.
 
     :param images: paths or PIL images; each is opened and checked (readable, same size as
         the others, a foreground where an alpha channel is given).
     :param available_models: model names the pipeline has (``pipeline.models`` keys or
         ``pipeline.json``'s ``models``); checked against ``pipeline_type``.
-    :returns: the aggregator choice of each stage.
-    :raises ParameterError: out-of-range numbers, unknown names, missing models.
+    :returns: the aggregator of each stage (:func:`trellis_mv.plan_stages`).
+    :raises ParameterError: out-of-range numbers, unknown names or options, missing models.
     :raises ImageError: unreadable images, different sizes, no foreground.
     """
     if pipeline_type is not None:
@@ -165,6 +166,8 @@ def validate_params(
     C.check_int("num_samples", num_samples, 1)
     C.check_int("seed", seed, 0)
     C.check_int("max_num_tokens", max_num_tokens, 1)
+    if max_batch is not None:
+        C.check_int("max_batch", max_batch, 1)
     params = {"sparse_structure": sparse_structure_sampler_params, "shape": shape_slat_sampler_params,
               "texture": tex_slat_sampler_params}
     for stage, p in params.items():
@@ -172,17 +175,12 @@ def validate_params(
             if not isinstance(p, Mapping):
                 raise ParameterError(f"{_PARAM_ARGS[stage]} must be a dict; got {p!r}")
             C.check_sampler_params(stage, p, SAMPLER_PARAMS, _V1_HINTS)
-    choices = C.resolve_stages(stages, mode, STAGES, STAGE_ALIASES, weights, max_batch)
-    C.check_aggregators(choices)
+    aggregators = C.plan(mode, stages, STAGES, STAGE_ALIASES)
     if images is not None:
         opened = C.load_images(images)
         C.check_images(images, opened, preprocess=preprocess_image)
-        for stage, choice in choices.items():
-            if choice.weights is not None and len(choice.weights) != len(opened):
-                raise ParameterError(
-                    f"stage {stage!r}: {len(choice.weights)} weights for {len(opened)} views; give one weight per view"
-                )
-    return choices
+        C.check_weights(weights, len(opened))
+    return aggregators
 
 
 def load_pipeline(model: str = DEFAULT_MODEL, *, device: str | torch.device | None = None,
@@ -222,6 +220,7 @@ class MultiViewResult:
     :ivar patches: ``{stage: Patch}``: forwards, rows and per-step records of each stage.
     :ivar views: the (preprocessed) view images.
     :ivar seconds: wall-clock time of the sampling run.
+    :ivar aggregators: ``{stage: aggregator}`` as :func:`validate_params` planned them.
     """
 
     meshes: Any
@@ -229,7 +228,7 @@ class MultiViewResult:
     patches: dict[str, Any] = field(default_factory=dict)
     views: list[Any] = field(default_factory=list)
     seconds: float = 0.0
-    choices: dict[str, StageChoice] = field(default_factory=dict)
+    aggregators: dict[str, Aggregator] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {"stages": C.summarize_patches(self.patches), "seconds": round(self.seconds, 3)}
@@ -259,10 +258,10 @@ def run_multi_image(
     :param pipeline: a ``Trellis2ImageTo3DPipeline``.
     :param images: N views (paths or PIL images) of one object, all the same size.
     :param mode: the aggregator of every stage: a registered name, ``"name:key=value,..."``,
-        ``(name, options)``, a :class:`StageChoice` or an aggregator instance.
+        ``(name, options)`` or an aggregator instance (:func:`trellis_mv.plan_stages`).
     :param stages: per-stage overrides of ``mode``, keyed ``sparse_structure``, ``shape``,
-        ``texture``; e.g. ``{"texture": "stochastic"}``.
-    :param weights: one weight per view, for aggregators that use them.
+        ``texture`` (or an alias such as ``ss``, ``tex``); e.g. ``{"texture": "stochastic"}``.
+    :param weights: one weight per view, for aggregators that use them (every stage).
     :param max_batch: cap on latent rows per model forward (memory); default: all views at once.
     :param pipeline_type: ``512``, ``1024``, ``1024_cascade``, ``1536_cascade`` (default: the
         pipeline's own default, ``1024_cascade``).
@@ -277,7 +276,7 @@ def run_multi_image(
     pipeline_type = pipeline_type or getattr(pipeline, "default_pipeline_type", "1024_cascade")
     ss, shape, tex = (dict(p or {}) for p in (sparse_structure_sampler_params, shape_slat_sampler_params,
                                                tex_slat_sampler_params))
-    choices = validate_params(
+    aggregators = validate_params(
         images if conds is None else None, mode=mode, stages=stages, pipeline_type=pipeline_type,
         available_models=list(pipeline.models), num_samples=num_samples, seed=seed,
         max_num_tokens=max_num_tokens, preprocess_image=preprocess_image, weights=weights, max_batch=max_batch,
@@ -301,7 +300,8 @@ def run_multi_image(
             return {"cond": cond, "neg_cond": torch.zeros_like(cond[:1])} if include_neg_cond else {"cond": cond}
 
     start = time.perf_counter()
-    with C.redirect_get_cond(pipeline, get_cond), C.patch_stages(stage_samplers(pipeline), choices) as patches:
+    with (C.redirect_get_cond(pipeline, get_cond),
+          patch_stages(stage_samplers(pipeline), aggregators, weights=weights, max_batch=max_batch) as patches):
         out = pipeline.run(
             views[0] if views else None, num_samples=num_samples, seed=seed,
             sparse_structure_sampler_params=ss, shape_slat_sampler_params=shape, tex_slat_sampler_params=tex,
@@ -311,7 +311,7 @@ def run_multi_image(
     seconds = time.perf_counter() - start
     meshes, latents = (out if return_latent else (out, None))
     return MultiViewResult(meshes=meshes, latents=latents, patches=patches, views=views, seconds=seconds,
-                           choices=choices)
+                           aggregators=aggregators)
 
 
 # -- files ------------------------------------------------------------------------------------
@@ -426,8 +426,9 @@ def generate(
         "resolution": int(result.latents[2]) if result.latents else None,
         "seed": seed,
         "num_samples": num_samples,
-        "stages": {s: {"aggregator": c.name, "options": dict(c.options), "weights": list(c.weights or []) or None,
-                       "max_batch": c.max_batch} for s, c in result.choices.items()},
+        "stages": {s: {"aggregator": a.name, "repr": repr(a)} for s, a in result.aggregators.items()},
+        "weights": list(weights) if weights is not None else None,
+        "max_batch": max_batch,
         "sampler_params": {k: dict(v or {}) for k, v in stage_params.items()},
         "cost": result.summary(),
         "files": files,
@@ -468,10 +469,11 @@ def params_from_args(args: Any) -> dict[str, Any]:
             per_stage[stage][name] = value
     stages = {}
     for item in args.stage or []:
-        stage, sep, spec = item.partition("=")
-        if not sep:
-            raise ParameterError(f"--stage expects STAGE=AGGREGATOR, got {item!r}")
-        stages[C.canonical_stage(stage, STAGES, STAGE_ALIASES)] = spec
+        try:
+            stage, name, options = parse_stage(item)
+        except ValueError as exc:
+            raise ParameterError(f"--stage: {exc}") from exc
+        stages[stage] = (name, options)
     return dict(
         mode=getattr(args, "mode", "multidiffusion"), stages=stages, pipeline_type=args.pipeline_type,
         seed=getattr(args, "seed", 42), num_samples=args.num_samples, weights=args.weights,
