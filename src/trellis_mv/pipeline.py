@@ -24,6 +24,7 @@ __all__ = [
     "canonical_stage",
     "parse_aggregator",
     "parse_stage",
+    "parse_value",
     "patch_stages",
     "plan_stages",
     "run_multi_image",
@@ -46,8 +47,12 @@ class MultiViewPipeline(Protocol):
         ...
 
 
-def _value(text: str) -> Any:
-    """A command-line option value: a Python literal, true/false/none, or else the bare word."""
+def parse_value(text: str) -> Any:
+    """A command-line option value: a Python literal, true/false/none, or else the bare word.
+
+    >>> parse_value("3"), parse_value("(0.1, 0.9)"), parse_value("true"), parse_value("random")
+    (3, (0.1, 0.9), True, 'random')
+    """
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -68,7 +73,7 @@ def parse_aggregator(text: str) -> tuple[str, dict[str, Any]]:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ValueError(f"option {item!r} in {text!r} is not OPTION=VALUE")
-        options[key.strip()] = _value(value.strip())
+        options[key.strip()] = parse_value(value.strip())
     return name.strip(), options
 
 
@@ -120,6 +125,10 @@ def _build(spec: StageSpec) -> Aggregator:
     if isinstance(spec, tuple):
         name, options = spec
         return get_aggregator(name, **dict(options))
+    if not isinstance(spec, Aggregator):
+        raise PatchError(
+            f"expected a registered name, 'name:option=value,...', (name, options) or an aggregator instance; got {spec!r}"
+        )
     return spec
 
 

@@ -26,7 +26,7 @@ import torch
 
 from .._errors import TrellisMVError, ViewError
 from .._spec import Aggregator
-from ..pipeline import _value, canonical_stage, plan_stages
+from ..pipeline import canonical_stage, parse_value, plan_stages
 
 __all__ = [
     "ImageError",
@@ -48,7 +48,7 @@ class ImageError(ViewError):
 
 
 def parse_stage_values(values: Sequence[str] | None, stages: Sequence[str], aliases: Mapping[str, str],
-                       cast: Callable[[str], Any] = _value, what: str = "value") -> dict[str, Any]:
+                       cast: Callable[[str], Any] = parse_value, what: str = "value") -> dict[str, Any]:
     """Command-line values ``["12"]`` (every stage) or ``["shape=12", "texture=8"]`` -> per stage.
 
     >>> parse_stage_values(["8", "shape=12"], ("sparse_structure", "shape"), {})
