@@ -24,6 +24,7 @@ __all__ = [
     "canonical_stage",
     "parse_aggregator",
     "parse_stage",
+    "parse_stage_values",
     "parse_value",
     "patch_stages",
     "plan_stages",
@@ -87,6 +88,27 @@ def parse_stage(text: str) -> tuple[str, str, dict[str, Any]]:
     if not sep or not stage.strip() or not rest.strip():
         raise ValueError(f"expected STAGE=AGGREGATOR[:OPTION=VALUE,...], e.g. shape=multidiffusion; got {text!r}")
     return (stage.strip(), *parse_aggregator(rest))
+
+
+def parse_stage_values(
+    values: Sequence[str] | None, stage_names: Sequence[str], aliases: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Command-line values for every stage (``"12"``) or one (``"shape=12"``), per stage.
+
+    A value for one stage wins over a value for every stage, whatever their order.
+
+    >>> parse_stage_values(["8", "shape=12"], ("sparse_structure", "shape"))
+    {'sparse_structure': 8, 'shape': 12}
+    """
+    every: dict[str, Any] = {}
+    one: dict[str, Any] = {}
+    for item in values or []:
+        stage, sep, value = item.partition("=")
+        if sep and stage.replace("_", "").replace("-", "").isalpha():
+            one[canonical_stage(stage, stage_names, aliases)] = parse_value(value)
+        else:
+            every.update(dict.fromkeys(stage_names, parse_value(item)))
+    return {**every, **one}
 
 
 def canonical_stage(name: str, stage_names: Sequence[str], aliases: Mapping[str, str] | None = None) -> str:

@@ -26,13 +26,12 @@ import torch
 
 from .._errors import TrellisMVError, ViewError
 from .._spec import Aggregator
-from ..pipeline import canonical_stage, parse_value, plan_stages
+from ..pipeline import plan_stages
 
 __all__ = [
     "ImageError",
     "ParameterError",
     "load_images",
-    "parse_stage_values",
 ]
 
 
@@ -45,27 +44,6 @@ class ImageError(ViewError):
 
 
 # -- stages ---------------------------------------------------------------------------------
-
-
-def parse_stage_values(values: Sequence[str] | None, stages: Sequence[str], aliases: Mapping[str, str],
-                       cast: Callable[[str], Any] = parse_value, what: str = "value") -> dict[str, Any]:
-    """Command-line values ``["12"]`` (every stage) or ``["shape=12", "texture=8"]`` -> per stage.
-
-    >>> parse_stage_values(["8", "shape=12"], ("sparse_structure", "shape"), {})
-    {'sparse_structure': 8, 'shape': 12}
-    """
-    out: dict[str, Any] = {}
-    for item in values or []:
-        stage, sep, value = item.partition("=")
-        if sep and not stage.replace("_", "").replace("-", "").isalpha():
-            sep = ""
-        if sep:
-            out[canonical_stage(stage, stages, aliases)] = cast(value)
-        else:
-            value = cast(item)
-            for s in stages:
-                out.setdefault(s, value)
-    return out
 
 
 def plan(mode: Any, stages: Mapping[str, Any] | None, stage_names: Sequence[str],

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .. import Aggregator
-from ..pipeline import parse_stage, patch_stages
+from ..pipeline import patch_stages
 from . import _common as C
 from ._common import ImageError, ParameterError
 
@@ -435,51 +435,3 @@ def generate(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
-
-
-# -- command line -----------------------------------------------------------------------------
-
-
-def add_arguments(parser: Any) -> None:
-    """Add this integration's options to an ``argparse`` (sub)parser of ``trellis-mv generate``.
-
-    ``--images``, ``--out``, ``--model`` and ``--mode`` are expected from the caller.
-    """
-    parser.add_argument("--pipeline-type", default="1024_cascade", choices=list(PIPELINE_TYPES))
-    parser.add_argument("--stage", action="append", default=[], metavar="STAGE=AGGREGATOR[:k=v,...]",
-                        help="per-stage aggregator, e.g. shape=multidiffusion texture=stochastic:order=random")
-    parser.add_argument("--num-samples", type=int, default=1)
-    parser.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per view")
-    parser.add_argument("--max-batch", type=int, default=None, help="latent rows per model forward (memory cap)")
-    parser.add_argument("--no-preprocess", action="store_true", help="images are already cropped and matted")
-    parser.add_argument("--max-num-tokens", type=int, default=49152)
-    for name in SAMPLER_PARAMS:
-        parser.add_argument(f"--{name.replace('_', '-')}", action="append", default=None,
-                            metavar="[STAGE=]VALUE", help=f"{name} for every stage, or STAGE=VALUE for one")
-    parser.add_argument("--envmap", default=None, help="HDR/EXR environment map for the video")
-    parser.add_argument("--no-video", action="store_true")
-
-
-def params_from_args(args: Any) -> dict[str, Any]:
-    """``generate`` keyword arguments from an ``argparse`` namespace built with :func:`add_arguments`."""
-    per_stage: dict[str, dict[str, Any]] = {s: {} for s in STAGES}
-    for name in SAMPLER_PARAMS:
-        values = getattr(args, name, None)
-        for stage, value in C.parse_stage_values(values, STAGES, STAGE_ALIASES).items():
-            per_stage[stage][name] = value
-    stages = {}
-    for item in args.stage or []:
-        try:
-            stage, name, options = parse_stage(item)
-        except ValueError as exc:
-            raise ParameterError(f"--stage: {exc}") from exc
-        stages[stage] = (name, options)
-    return dict(
-        mode=getattr(args, "mode", "multidiffusion"), stages=stages, pipeline_type=args.pipeline_type,
-        seed=getattr(args, "seed", 42), num_samples=args.num_samples, weights=args.weights,
-        max_batch=args.max_batch, preprocess_image=not args.no_preprocess, max_num_tokens=args.max_num_tokens,
-        sparse_structure_sampler_params=per_stage["sparse_structure"] or None,
-        shape_slat_sampler_params=per_stage["shape"] or None,
-        tex_slat_sampler_params=per_stage["texture"] or None,
-        video=not args.no_video, envmap=args.envmap,
-    )
