@@ -222,8 +222,8 @@ class TextureFlow(nn.Module):
         b = x.shape[0]
         xyz = coords[:, 1:]
         cell = xyz // 2
-        sub = (xyz % 2) @ torch.tensor([4, 2, 1], device=coords.device)
-        cell_id = (cell @ torch.tensor([self.cells**2, self.cells, 1], device=coords.device))
+        sub = (xyz % 2 * torch.tensor([4, 2, 1], device=coords.device)).sum(1)
+        cell_id = (cell * torch.tensor([self.cells**2, self.cells, 1], device=coords.device)).sum(1)
         h_vox = self.inp(x.feats.to(self.inp.weight.dtype)) + self.sub(sub)
         key = coords[:, 0] * self.cells**3 + cell_id
         uniq, inv = torch.unique(key, return_inverse=True)

@@ -135,6 +135,7 @@ def train(
     log_every: int = 50,
     verbose: bool = True,
     config: ProxyConfig | None = None,
+    init: str | Path | None = None,
 ) -> dict:
     """Train from scratch; returns a summary (losses, steps, seconds) and writes ``out`` if given.
 
@@ -147,7 +148,12 @@ def train(
     t0 = time.time()
     occ_all, col_all = dataset(shapes, workers)
     occ_all, col_all = occ_all.to(dev), col_all.to(dev)
-    models = ProxyModels(config).to(dev)
+    if init is not None:  # continue from earlier weights (their config wins)
+        from trellis_mv.proxy._models import load_models
+
+        models = load_models(init, dev).train()
+    else:
+        models = ProxyModels(config).to(dev)
     ema_models = copy.deepcopy(models).eval().requires_grad_(False)
     opt = torch.optim.AdamW(models.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     warmup = min(200, max(steps // 10, 1))
@@ -215,6 +221,7 @@ def train(
         "lr": lr,
         "cond_drop": cond_drop,
         "ema": ema,
+        "init": None if init is None else Path(init).name,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "seconds": round(time.time() - t0, 1),
         "final_losses": {k: round(float(np.mean(v)), 5) for k, v in window.items()},
@@ -240,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cond-drop", type=float, default=0.1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--init", help="start from these weights instead of from scratch")
     p.add_argument("--out", required=True, help="weights file to write (.safetensors)")
     p.add_argument("--log", help="write the summary and loss log as JSON here")
     a = p.parse_args(argv)
@@ -250,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = train(
         steps=int(kw["steps"]), batch=int(kw["batch"]), shapes=int(kw["shapes"]), lr=float(kw["lr"]),
         time_limit=float(kw["time_limit"]), seed=a.seed, cond_drop=a.cond_drop, device=a.device,
-        workers=a.workers, out=a.out,
+        workers=a.workers, out=a.out, init=a.init,
     )
     summary.pop("models")
     summary["command"] = "python -m trellis_mv.proxy.train " + " ".join(sys.argv[1:] if argv is None else argv)
