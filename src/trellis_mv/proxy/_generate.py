@@ -162,6 +162,7 @@ def generate(
     steps: int | None = None,
     num_samples: int = 1,
     weights: Sequence[float] | None = None,
+    max_batch: int | None = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     pipeline: ProxyPipeline | None = None,
     verbose: bool = True,
@@ -186,6 +187,7 @@ def generate(
     :param steps: sampling steps of both stages (default: the pipeline's, 12).
     :param num_samples: samples drawn at once.
     :param weights: one weight per view for aggregators that use weights.
+    :param max_batch: at most this many latent rows per model forward.
     :param params: per-stage sampler parameter overrides.
     :returns: the summary also written as ``summary.json``.
     :raises FileNotFoundError: an image path does not exist.
@@ -210,7 +212,8 @@ def generate(
         inputs = [preprocess(p) for p in paths]
         t1 = time.perf_counter()
         result, patches = run_multi_image(
-            pipe, inputs, stages=plan, weights=weights, seed=seed, num_samples=num_samples, params=stage_params,
+            pipe, inputs, stages=plan, weights=weights, max_batch=max_batch, seed=seed, num_samples=num_samples,
+            params=stage_params,
             verbose=verbose,
         )
         t2 = time.perf_counter()
