@@ -269,6 +269,34 @@ def check(src: Path, device: str, keep: float) -> list[dict[str, Any]]:
     return rows
 
 
+def report(result: dict[str, Any]) -> str:
+    """The step-cost rows as markdown tables, with the ratios the targets are stated in."""
+    meta = result["meta"]
+    lines = [f"Device: {meta['device']}, torch {meta['torch']}, median of {meta['repeats']} "
+             f"(shape latent: {meta['shape_voxels']} voxels; {meta['cond_tokens']})."]
+    rows = result.get("step_cost", [])
+    for stage in dict.fromkeys(r["stage"] for r in rows):
+        mine = [r for r in rows if r["stage"] == stage]
+        single = next(r["ms"] for r in mine if r["config"].startswith("single-view"))
+        serial = {r["n"]: r["ms"] for r in mine if r["config"].startswith("serial loop")}
+        lines += ["", f"### {stage}", "", f"Single-view step (unpatched sampler): {single:.1f} ms.", "",
+                  "| config | N | ms/step | x single-view | serial / this | peak GiB | forwards | rows |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in mine:
+            if r["config"].startswith("single-view"):
+                continue
+            vs = f"{serial[r['n']] / r['ms']:.3f}" if r["n"] in serial else ""
+            lines.append(f"| {r['config']} | {r['n']} | {r['ms']:.1f} | {r['ms'] / single:.2f} | {vs} | "
+                         f"{r['peak_gib']:.2f} | {r['forwards']:g} | {r['rows']:g} |")
+        for n, ms in serial.items():
+            md = next((r["ms"] for r in mine if r["config"] == "multidiffusion" and r["n"] == n), None)
+            if md is not None and n > 1:
+                lines.append(f"\nN={n}: multidiffusion {md:.1f} ms vs serial {ms:.1f} ms: {ms / md:.3f}x the "
+                             f"throughput ({100 * (1 - md / ms):.1f}% less time); bound (N+1)/2 single-view = "
+                             f"{(n + 1) / 2 * single:.1f} ms {'met' if md <= (n + 1) / 2 * single else 'MISSED'}.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", default=os.environ.get("TRELLIS2_SRC"), help="TRELLIS.2 source tree")
@@ -280,7 +308,11 @@ def main() -> None:
     parser.add_argument("--check-only", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="2-block, 64-channel models: a CPU smoke test")
     parser.add_argument("--keep", type=float, default=0.1, help="occupied fraction of the 32^3 grid in --check")
+    parser.add_argument("--report", metavar="JSON", help="print the tables of an earlier run's JSON and exit")
     args = parser.parse_args()
+    if args.report:
+        print(report(json.loads(Path(args.report).read_text())))
+        return
     if args.tiny:
         TINY.update(model_channels=64, num_blocks=2, num_heads=2)
     _bootstrap.load_trellis2(args.src, flash_attn_shim=True)
@@ -306,6 +338,8 @@ def main() -> None:
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "trellis2_step_cost.json").write_text(json.dumps(result, indent=1))
+    if "step_cost" in result:
+        print(report(result))
 
 
 if __name__ == "__main__":
