@@ -5,11 +5,15 @@
 ``.. benchmark-table:: GLOB``
     the Markdown result files matching ``GLOB`` (relative to the repository root), turned
     into reStructuredText; where none exists yet, a note that names the command producing it.
+
+It also keeps ``autodata`` from printing the docstring of a constant's type (``int``,
+``dict``, ...) as if it were the constant's: the page's own text describes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import re
 from pathlib import Path
@@ -146,7 +150,18 @@ class BenchmarkTable(SphinxDirective):
         return container.children
 
 
+def _drop_type_docstring(app: object, what: str, name: str, obj: object, options: object, lines: list[str]) -> None:
+    """A constant without a documentation comment gets its type's docstring from autodoc; drop it."""
+    if what != "data" or inspect.isclass(obj) or callable(obj):
+        return
+    own = inspect.cleandoc("\n".join(lines)).strip()
+    inherited = inspect.cleandoc(type(obj).__doc__ or "").strip()
+    if own and own == inherited:
+        lines.clear()
+
+
 def setup(app: object) -> dict[str, object]:
+    app.connect("autodoc-process-docstring", _drop_type_docstring)
     app.add_directive("cli-help", CliHelp)
     app.add_directive("benchmark-table", BenchmarkTable)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}

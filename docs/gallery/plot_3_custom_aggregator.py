@@ -5,7 +5,8 @@ A custom aggregator in 30 lines
 An aggregator is a class with a ``name`` and ``__call__(step)``. This one fuses the views
 by an element-wise quantile (the median by default) of their x0 predictions, the clean
 sample each view implies, then lets the sampler guide the result as it would guide a
-single view's prediction.
+single view's prediction. It is checked with the conformance kit, then run on the proxy
+model (:doc:`/proxy`) with one input view that shows a different object.
 """
 
 # %%
@@ -54,26 +55,57 @@ check_aggregator(MedianX0, max_examples=3)
 print("MedianX0 passes the conformance check")
 
 # %%
-# Use it like a registered one: pass the class (with options) or an instance.
+# Use it like a registered one: pass the class (with options) or an instance. Four views
+# of a held-out shape, plus a fifth that shows another shape: the mean of
+# ``multidiffusion`` takes the odd view in fully, a median can outvote it.
 import matplotlib.pyplot as plt
+import torch.nn.functional as F
 
-from trellis_mv.testing import make_problem
+from trellis_mv.pipeline import run_multi_image
+from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, iou, make_shape, render
 
-problem = make_problem(num_views=5, steps=12, seed=3)
-problem.cond[4] = -problem.cond[4]         # one view unlike the others
-out = {}
-for agg in ("multidiffusion", MedianX0()):
-    with trellis_mv.patch_sampler(problem.sampler, agg) as patch:
-        out[patch.name] = problem.run()
-with trellis_mv.patch_sampler(problem.sampler, "multidiffusion"):
-    out["without the odd view"] = problem.run(cond=problem.cond[:4])
 
-fig, axes = plt.subplots(1, 3, figsize=(8, 2.8))
-for ax, (title, x) in zip(axes, out.items()):
-    ax.imshow(x[0, 0], cmap="viridis", vmin=-2, vmax=2)
-    ax.set_title(title, fontsize=9)
+def input_views(shape, names):
+    images, _ = render(shape.occupancy, shape.colors, names, size=128)
+    return list(F.avg_pool2d(images, 2))
+
+
+pipeline = ProxyPipeline()
+params = {stage: {"steps": 8} for stage in STAGES}  # fewer steps than the default 12: a fast build
+runs = {"multidiffusion, 4 views": ("multidiffusion", False), "multidiffusion, 4 + odd": ("multidiffusion", True),
+        "median-x0, 4 + odd": (MedianX0, True)}
+scores, pictures = {title: [] for title in runs}, []
+for i in range(3):
+    shape = make_shape(HELD_OUT_SEED + i)
+    views = input_views(shape, ["front", "right", "back", "left"])
+    odd = input_views(make_shape(HELD_OUT_SEED + 100 + i), ["front"])
+    for title, (agg, with_odd) in runs.items():
+        result, patches = run_multi_image(pipeline, views + odd if with_odd else views, mode=agg, seed=i,
+                                          num_samples=2, params=params, verbose=False)
+        scores[title] += [iou(result.occupancy[k], shape.occupancy) for k in range(2)]
+        if i == 0:
+            pictures.append((title, result.occupancy[0], result.colors[0]))
+    if i == 0:
+        first_shape, first_inputs = shape, views + odd
+for title in runs:
+    print(f"{title:<26} mean IoU {sum(scores[title]) / len(scores[title]):.3f} (3 shapes x 2 samples)")
+
+# %%
+# The first shape: its five inputs (the last is the odd one), the ground truth and each
+# run's first sample, seen from ``az45el30``. The proxy is a weak yardstick: an odd view
+# costs it little or nothing, so mean and median come out close (the numbers above are
+# measured at build time, not claimed). What the example shows is that a 30-line class
+# runs unchanged on a two-stage pipeline, on dense and sparse latents alike.
+cells = [(f"input {j}" + (" (odd)" if j == 4 else ""), img.permute(1, 2, 0).numpy())
+         for j, img in enumerate(first_inputs)]
+for title, occ, col in [("ground truth", first_shape.occupancy, first_shape.colors), *pictures]:
+    image, _ = render(occ, col, ["az45el30"], size=96)
+    label = title if title == "ground truth" else f"{title}\nIoU {iou(occ, first_shape.occupancy):.2f}"
+    cells.append((label, image[0].permute(1, 2, 0).numpy()))
+fig, axes = plt.subplots(2, 5, figsize=(11, 4.8))
+for ax in axes.flat:
     ax.axis("off")
+for ax, (label, image) in zip(axes.flat, cells):
+    ax.imshow(image)
+    ax.set_title(label, fontsize=8)
 fig.tight_layout()
-ref = out["without the odd view"]
-for name in ("multidiffusion", "median-x0"):
-    print(f"{name}: distance to the run without the odd view = {float((out[name] - ref).norm()):.3f}")

@@ -3,72 +3,70 @@ Per-stage aggregators
 =====================
 
 TRELLIS.2 samples three stages, each with its own sampler: the sparse structure (a dense
-latent), the shape and the texture (sparse latents). Each stage may take its own
-aggregator: for example ``stochastic`` for the structure, ``multidiffusion`` for the shape
-and the first view alone for the texture.
-:func:`trellis_mv.pipeline.run_multi_image` patches every stage's sampler at once and
-restores them all however the run ends.
+latent), the shape and the texture (sparse latents). The proxy model (:doc:`/proxy`) has
+two, ``sparse_structure`` and ``texture``, built the same way. Each stage may take its own
+aggregator: here ``stochastic`` (one view per step, in turn) for the structure and the
+first view alone for the texture. :func:`trellis_mv.pipeline.run_multi_image` patches
+every stage's sampler at once and restores them all however the run ends.
 """
 
 # %%
-# A two-stage pipeline adapter: anything with ``samplers`` (stage name → sampler) and
-# ``run(images, **kwargs)``. Here a dense stage feeds the voxels of a sparse stage.
+# Four views of a held-out shape, as the benchmark renders them.
 import matplotlib.pyplot as plt
-import torch
+import torch.nn.functional as F
 
 from trellis_mv.pipeline import run_multi_image
-from trellis_mv.samplers import FlowEulerGuidanceIntervalSampler
-from trellis_mv.sparse import SparseTensor
-from trellis_mv.testing import TinyDenoiser
+from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, color_error, iou, make_shape, render
 
-
-class TwoStagePipeline:
-    def __init__(self):
-        self.samplers = {"structure": FlowEulerGuidanceIntervalSampler(), "texture": FlowEulerGuidanceIntervalSampler()}
-        self.structure_model = TinyDenoiser(seed=0)
-        self.texture_model = TinyDenoiser(seed=1)
-
-    def encode(self, images):  # stands in for get_cond: one row of tokens per view
-        return torch.stack([img.reshape(5, 8) for img in images]), torch.zeros(1, 5, 8)
-
-    def run(self, images, seed=0, steps=10):
-        cond, neg = self.encode(images)
-        g = torch.Generator().manual_seed(seed)
-        dense = self.samplers["structure"].sample(
-            self.structure_model, torch.randn(1, 4, 6, 6, generator=g), cond, neg,
-            steps=steps, guidance_strength=3.0, verbose=False).samples
-        occupied = (dense[0, 0] > 0).nonzero()                      # voxels of the structure
-        coords = torch.cat([torch.zeros(len(occupied), 1, dtype=torch.long), occupied,
-                            torch.zeros(len(occupied), 1, dtype=torch.long)], 1).int()
-        noise = SparseTensor(torch.randn(len(occupied), 4, generator=g), coords, batch_size=1)
-        texture = self.samplers["texture"].sample(
-            self.texture_model, noise, cond, neg, steps=steps, guidance_strength=1.0, verbose=False).samples
-        return dense, texture
-
-
-pipeline = TwoStagePipeline()
-views = [torch.randn(40, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+VIEWS = ["front", "right", "back", "left"]
+UNSEEN = ["az135el20", "az225el20"]  # two directions behind the object that no input shows
+pipeline = ProxyPipeline()
+print("stages:", STAGES)
+shape = make_shape(HELD_OUT_SEED + 1)
+images, _ = render(shape.occupancy, shape.colors, VIEWS, size=128)
+images = list(F.avg_pool2d(images, 2))
 
 # %%
 # One aggregator for every stage (``mode``), or one per stage (``stages``): a name, a
-# ``(name, options)`` pair or an instance.
+# ``(name, options)`` pair or an instance; stages not named take ``mode``.
 plans = {
-    "multidiffusion everywhere": dict(mode="multidiffusion"),
-    "stochastic structure, view 0 texture": dict(
-        stages={"structure": ("stochastic", {"order": "random", "seed": 0}), "texture": ("single", {"view": 0})}
+    "multidiffusion on both": dict(mode="multidiffusion"),
+    "stochastic structure,\nfront view texture": dict(
+        stages={"sparse_structure": ("stochastic", {"order": "cycle"}), "texture": ("single", {"view": 0})}
     ),
 }
-fig, axes = plt.subplots(1, len(plans), figsize=(8, 3))
-for ax, (title, plan) in zip(axes, plans.items()):
-    (dense, texture), patches = run_multi_image(pipeline, views, seed=0, **plan)
+results = {}
+for title, plan in plans.items():
+    result, patches = run_multi_image(pipeline, images, seed=0, verbose=False, **plan)
+    results[title] = result
+    print(title.replace("\n", " "))
     for stage, patch in patches.items():
-        print(f"{title:<38} {stage:<10} {patch.name:<15} forwards={patch.model_calls:3d} rows={patch.batch_rows:3d}")
-    ax.imshow(dense[0, 0], cmap="gray")
-    ax.set_title(title, fontsize=9)
+        print(f"  {stage:<17} {patch.name:<15} forwards={patch.model_calls:3d} rows={patch.batch_rows:3d}")
+        # one StepRecord per step: which views it used and what it cost
+        print("   ", ", ".join(f"step {r.step}: views {list(r.views)}" for r in patch.records[:4]), "...")
+    occ, col = result.occupancy[0], result.colors[0]
+    print(f"  IoU {iou(occ, shape.occupancy):.3f}, colour error from behind "
+          f"{color_error(occ, col, shape.occupancy, shape.colors, UNSEEN):.3f}")
+
+# %%
+# The inputs and the ground truth from behind; below, each result from behind. With the
+# texture taken from the front view alone, the colours of the sides that view does not show are the model's guess; with
+# ``multidiffusion`` every view steers them. The ``stochastic`` structure costs two
+# forwards a step (one view and the negative), ``multidiffusion`` one batched forward.
+fig, axes = plt.subplots(2, 6, figsize=(13, 5))
+cells = [(f"input: {v}", img.permute(1, 2, 0).numpy()) for v, img in zip(VIEWS, images)]
+truth, _ = render(shape.occupancy, shape.colors, UNSEEN, size=96)
+cells += [(f"ground truth\n{view}", pic.permute(1, 2, 0).numpy()) for view, pic in zip(UNSEEN, truth)]
+for title, result in results.items():
+    pictures, _ = render(result.occupancy[0], result.colors[0], UNSEEN, size=96)
+    cells += [(f"{title}\n{view}", pic.permute(1, 2, 0).numpy()) for view, pic in zip(UNSEEN, pictures)]
+for ax in axes.flat:
     ax.axis("off")
+for ax, (label, image) in zip(axes.flat, cells):
+    ax.imshow(image)
+    ax.set_title(label, fontsize=8)
 fig.tight_layout()
 
 # %%
-# The texture stage runs at guidance strength 1, TRELLIS.2's default for it: no
-# negative pass is made, so ``multidiffusion`` costs N rows per step there, not N + 1.
+# Outside the run every sampler is the original again.
 assert all("_inference_model" not in vars(s) for s in pipeline.samplers.values())
