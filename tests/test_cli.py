@@ -1,6 +1,7 @@
 """The trellis-mv command: demo, generate on the proxy, errors with a non-zero exit and no partial files."""
 
 import json
+import sys
 
 import pytest
 from PIL import Image
@@ -50,7 +51,6 @@ def test_generate_per_stage_choices(tmp_path, views):
         (["--images", "{front}", "--mode", "stochastic:ordre=random"], "has no option 'ordre'"),
         (["--images", "{front}", "--pipeline-type", "512"], "--pipeline-type applies to TRELLIS.2 models only"),
         (["--images", "{front}", "{front}", "--weights", "1", "-1"], "finite and non-negative"),
-        (["--images", "{front}", "--model", "microsoft/TRELLIS.2-4B"], "--model proxy"),
     ],
 )
 def test_generate_errors_exit_2_and_write_nothing(tmp_path, capsys, views, argv, message):
@@ -63,6 +63,16 @@ def test_generate_errors_exit_2_and_write_nothing(tmp_path, capsys, views, argv,
     assert err.startswith("trellis-mv: error: ") and message in err
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]  # no staging folder left behind
+
+
+def test_trellis2_missing_points_to_the_proxy(tmp_path, capsys, views, monkeypatch):
+    for name in ("trellis2", "trellis2.pipelines"):
+        monkeypatch.setitem(sys.modules, name, None)  # as where TRELLIS.2 is not installed
+    out = tmp_path / "out"
+    assert main(["generate", "--images", views[0], "--model", "microsoft/TRELLIS.2-4B", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "TRELLIS.2 is not importable" in err and "--model proxy" in err
+    assert not out.exists()
 
 
 def test_output_folder_that_is_a_file(tmp_path, capsys, views):
