@@ -20,11 +20,10 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import trellis_mv
 from trellis_mv.pipeline import run_multi_image
-from trellis_mv.proxy import HELD_OUT_SEED, ProxyPipeline, chamfer, color_error, iou, make_shape, render
+from trellis_mv.proxy import HELD_OUT_SEED, ProxyPipeline, chamfer, color_error, input_views, iou, make_shape
 
 GIVEN = {1: ["front"], 2: ["front", "back"], 4: ["front", "right", "back", "left"]}
 HELD_OUT_VIEWS = ["az45el20", "az135el20", "az225el20", "az315el20", "top"]
@@ -61,8 +60,7 @@ def main() -> None:
             m = {"iou": [], "chamfer": [], "color": [], "calls": [], "sec": []}
             for i in range(a.shapes):
                 shape = make_shape(HELD_OUT_SEED + i)
-                img, _ = render(shape.occupancy, shape.colors, GIVEN[n], size=128)
-                img = F.avg_pool2d(img, 2)
+                img = input_views(shape.occupancy, shape.colors, GIVEN[n])
                 t0 = time.perf_counter()
                 with warnings.catch_warnings():  # stochastic with more views than steps warns; not the point here
                     warnings.simplefilter("ignore")

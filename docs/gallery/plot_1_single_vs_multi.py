@@ -14,18 +14,12 @@ every result is scored against its ground truth.
 # trained on), rendered from four sides as the benchmark does: at 128 pixels, averaged
 # down to the model's 64.
 import matplotlib.pyplot as plt
-import torch.nn.functional as F
 
 from trellis_mv.pipeline import run_multi_image
-from trellis_mv.proxy import HELD_OUT_SEED, ProxyPipeline, chamfer, iou, make_shape, render
+from trellis_mv.proxy import HELD_OUT_SEED, ProxyPipeline, chamfer, input_views, iou, make_shape, render
 
 VIEWS = ["front", "right", "back", "left"]
 UNSEEN = "az45el30"  # the results are shown from a direction no input was taken from
-
-
-def input_views(shape, names):
-    images, _ = render(shape.occupancy, shape.colors, names, size=128)
-    return list(F.avg_pool2d(images, 2))
 
 
 def picture(occupancy, colors, view=UNSEEN):
@@ -35,7 +29,7 @@ def picture(occupancy, colors, view=UNSEEN):
 
 pipeline = ProxyPipeline()  # the shipped weights, on the CPU
 shape = make_shape(HELD_OUT_SEED)
-images = input_views(shape, VIEWS)
+images = list(input_views(shape.occupancy, shape.colors, VIEWS))
 print("ground truth:", ", ".join(shape.parts), f"({shape.num_voxels} voxels)")
 
 # %%
@@ -91,7 +85,7 @@ assert "_inference_model" not in vars(pipeline.samplers["texture"])
 one, four = [], []
 for i in range(4):
     truth = make_shape(HELD_OUT_SEED + i)
-    views = input_views(truth, VIEWS)
+    views = list(input_views(truth.occupancy, truth.colors, VIEWS))
     for given, scores in ((views[:1], one), (views, four)):
         result, _ = run_multi_image(pipeline, given, mode="multidiffusion", seed=i, num_samples=2, verbose=False)
         scores += [iou(result.occupancy[k], truth.occupancy) for k in range(2)]

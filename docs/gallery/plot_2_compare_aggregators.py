@@ -14,11 +14,10 @@ fast this runs 8 sampling steps per stage instead of 12; the benchmark table on
 import warnings
 
 import matplotlib.pyplot as plt
-import torch.nn.functional as F
 
 import trellis_mv
 from trellis_mv.pipeline import run_multi_image
-from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, iou, make_shape, render
+from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, input_views, iou, make_shape, render
 
 VIEWS, SHAPES, SAMPLES = ["front", "right", "back", "left"], 3, 2
 PARAMS = {stage: {"steps": 8} for stage in STAGES}
@@ -29,8 +28,7 @@ pipeline = ProxyPipeline()
 shapes = [make_shape(HELD_OUT_SEED + i) for i in range(SHAPES)]
 inputs = []
 for shape in shapes:
-    images, _ = render(shape.occupancy, shape.colors, VIEWS, size=128)
-    inputs.append(list(F.avg_pool2d(images, 2)))
+    inputs.append(list(input_views(shape.occupancy, shape.colors, VIEWS)))
 
 # %%
 # Every aggregator on every shape from the same noise; the front view alone is the

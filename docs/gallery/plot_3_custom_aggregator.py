@@ -59,16 +59,9 @@ print("MedianX0 passes the conformance check")
 # of a held-out shape, plus a fifth that shows another shape: the mean of
 # ``multidiffusion`` takes the odd view in fully, a median can outvote it.
 import matplotlib.pyplot as plt
-import torch.nn.functional as F
 
 from trellis_mv.pipeline import run_multi_image
-from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, iou, make_shape, render
-
-
-def input_views(shape, names):
-    images, _ = render(shape.occupancy, shape.colors, names, size=128)
-    return list(F.avg_pool2d(images, 2))
-
+from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, input_views, iou, make_shape, render
 
 pipeline = ProxyPipeline()
 params = {stage: {"steps": 8} for stage in STAGES}  # fewer steps than the default 12: a fast build
@@ -77,8 +70,9 @@ runs = {"multidiffusion, 4 views": ("multidiffusion", False), "multidiffusion, 4
 scores, pictures = {title: [] for title in runs}, []
 for i in range(3):
     shape = make_shape(HELD_OUT_SEED + i)
-    views = input_views(shape, ["front", "right", "back", "left"])
-    odd = input_views(make_shape(HELD_OUT_SEED + 100 + i), ["front"])
+    views = list(input_views(shape.occupancy, shape.colors, ["front", "right", "back", "left"]))
+    odd_shape = make_shape(HELD_OUT_SEED + 100 + i)
+    odd = list(input_views(odd_shape.occupancy, odd_shape.colors, ["front"]))
     for title, (agg, with_odd) in runs.items():
         result, patches = run_multi_image(pipeline, views + odd if with_odd else views, mode=agg, seed=i,
                                           num_samples=2, params=params, verbose=False)

@@ -13,18 +13,16 @@ every stage's sampler at once and restores them all however the run ends.
 # %%
 # Four views of a held-out shape, as the benchmark renders them.
 import matplotlib.pyplot as plt
-import torch.nn.functional as F
 
 from trellis_mv.pipeline import run_multi_image
-from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, color_error, iou, make_shape, render
+from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, color_error, input_views, iou, make_shape, render
 
 VIEWS = ["front", "right", "back", "left"]
 UNSEEN = ["az135el20", "az225el20"]  # two directions behind the object that no input shows
 pipeline = ProxyPipeline()
 print("stages:", STAGES)
 shape = make_shape(HELD_OUT_SEED + 1)
-images, _ = render(shape.occupancy, shape.colors, VIEWS, size=128)
-images = list(F.avg_pool2d(images, 2))
+images = list(input_views(shape.occupancy, shape.colors, VIEWS))
 
 # %%
 # One aggregator for every stage (``mode``), or one per stage (``stages``): a name, a

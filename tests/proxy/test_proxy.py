@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from trellis_mv.proxy import (
     HELD_OUT_SEED,
     ProxyPipeline,
     generate,
+    input_views,
     iou,
     load_models,
     make_shape,
@@ -66,8 +66,7 @@ def test_weights_load_and_bad_files_fail_clearly(tmp_path):
 @pytest.mark.parametrize("seed", [HELD_OUT_SEED, HELD_OUT_SEED + 1, HELD_OUT_SEED + 2])
 def test_regression_shipped_weights_recover_held_out_shapes(pipe, seed):
     s = make_shape(seed)
-    img, _ = render(s.occupancy, s.colors, ["front", "right", "back", "left"], size=128)
-    img = torch.nn.functional.avg_pool2d(img, 2)
+    img = input_views(s.occupancy, s.colors, ["front", "right", "back", "left"])
     from trellis_mv.pipeline import run_multi_image
 
     res, _ = run_multi_image(pipe, list(img), mode="multidiffusion", seed=0, verbose=False)

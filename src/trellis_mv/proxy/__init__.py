@@ -25,7 +25,7 @@ from trellis_mv.proxy._pipeline import (
     example_images,
     preprocess,
 )
-from trellis_mv.proxy._render import NAMED_VIEWS, parse_view, render, view_name
+from trellis_mv.proxy._render import NAMED_VIEWS, input_views, parse_view, render, view_name
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -44,6 +44,7 @@ __all__ = [
     "demo",
     "example_images",
     "generate",
+    "input_views",
     "iou",
     "load_models",
     "make_shape",

@@ -152,3 +152,23 @@ def render(
     albedo = col[bv, vox[..., 0], vox[..., 1], vox[..., 2]]  # [V,H,W,3]
     img = albedo * shade[..., None] * any_hit[..., None]
     return img.permute(0, 3, 1, 2).clamp(0, 1).contiguous(), any_hit
+
+
+def input_views(
+    occupancy: np.ndarray | torch.Tensor,
+    colors: np.ndarray | torch.Tensor,
+    views: Sequence[str | View],
+    size: int = 64,
+    samples: int | None = None,
+) -> torch.Tensor:
+    """The views a user would pass the model: rendered at twice ``size``, box-filtered to ``size``.
+
+    This is what preprocessing a larger photo gives, and what the model was trained on.
+
+    >>> from trellis_mv.proxy import make_shape
+    >>> s = make_shape(0)
+    >>> tuple(input_views(s.occupancy, s.colors, ["front", "back"]).shape)
+    (2, 3, 64, 64)
+    """
+    images, _ = render(occupancy, colors, views, size=2 * size, samples=samples)
+    return torch.nn.functional.avg_pool2d(images, 2)

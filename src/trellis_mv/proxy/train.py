@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from trellis_mv.proxy._data import make_shapes
 from trellis_mv.proxy._models import ProxyConfig, ProxyModels, encode_structure, save_models
-from trellis_mv.proxy._render import NAMED_VIEWS, render
+from trellis_mv.proxy._render import NAMED_VIEWS, input_views
 from trellis_mv.sparse import SparseTensor
 
 __all__ = ["PRESETS", "main", "train"]
@@ -62,8 +62,7 @@ def model_images(occ: torch.Tensor, col: torch.Tensor, views: Sequence, size: in
     """Renders at twice ``size``, box-filtered to ``size``: what preprocessing a larger image gives."""
     out = []
     for i in range(0, occ.shape[0], chunk):
-        img, _ = render(occ[i : i + chunk], col[i : i + chunk], views[i : i + chunk], size=2 * size, samples=128)
-        out.append(F.avg_pool2d(img, 2))
+        out.append(input_views(occ[i : i + chunk], col[i : i + chunk], views[i : i + chunk], size=size, samples=128))
     return torch.cat(out)
 
 
