@@ -34,8 +34,6 @@ class MedianX0:
         self.q = q
 
     def __call__(self, step: trellis_mv.Step):
-        if not step.needs_positive:        # guidance strength 0: the negative alone
-            return step.guide(None)
         x0 = [step.to_xstart(p) for p in step.predict()]   # all views, one forward
         # dense latents are tensors; sparse ones keep their values in .feats
         values = torch.stack([getattr(x, "feats", x) for x in x0])

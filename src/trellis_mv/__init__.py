@@ -10,9 +10,10 @@ from ._errors import (
     ViewError,
 )
 from ._patch import Patch, patch_sampler
-from ._registry import AggregatorInfo, Registry, get_aggregator, get_registry, list_aggregators
+from ._registry import AggregatorInfo, Registry, get_aggregator, get_registry, list_aggregators, resolve
 from ._spec import Aggregator, hookimpl
 from ._step import Step, StepRecord
+from ._views import Camera, parse_camera
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "AggregatorError",
     "AggregatorInfo",
     "AggregatorOptionError",
+    "Camera",
     "Patch",
     "PatchError",
     "PluginLoadError",
@@ -35,5 +37,7 @@ __all__ = [
     "get_registry",
     "hookimpl",
     "list_aggregators",
+    "parse_camera",
     "patch_sampler",
+    "resolve",
 ]

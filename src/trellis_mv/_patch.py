@@ -12,18 +12,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from . import _tensors as T
 from ._errors import AggregatorError, PatchError
+from ._registry import Registry, resolve
 from ._spec import Aggregator
 from ._step import Step, StepRecord, _Counter
-from ._views import Views, normalise_weights, prepare_views
+from ._views import Views, normalise_cameras, normalise_weights, prepare_views
 
-__all__ = ["Patch", "patch_sampler"]
+__all__ = ["Patch", "check_views", "patch_sampler"]
 
 logger = logging.getLogger("trellis_mv")
 
 _MARK = "_trellis_mv_patch"
 _PATCHED = ("_inference_model", "sample_once", "sample")
+_INSTALL_LOCK = threading.Lock()
 
 
 @dataclass
@@ -48,6 +52,8 @@ class Patch:
         negative for 2 samples counts 10).
     :ivar runs: sampling runs started (``sampler.sample`` calls).
     :ivar records: one :class:`StepRecord` per patched ``_inference_model`` call.
+    :ivar diagnostics: what the aggregator recorded with :meth:`Step.record`, per key the
+        value of the latest step.
     """
 
     sampler: Any
@@ -57,32 +63,11 @@ class Patch:
     batch_rows: int = 0
     runs: int = 0
     records: list[StepRecord] = field(default_factory=list)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.aggregator.name
-
-
-def _resolve_aggregator(aggregator: Any, options: dict[str, Any]) -> Aggregator:
-    if isinstance(aggregator, str):
-        from ._registry import get_aggregator
-
-        return get_aggregator(aggregator, **options)
-    if isinstance(aggregator, type):
-        from ._registry import instantiate
-
-        return instantiate(aggregator, options)
-    if options:
-        raise PatchError(
-            f"aggregator options {sorted(options)} were given with an aggregator instance; pass them to its "
-            "constructor, or give the aggregator by name"
-        )
-    if not isinstance(aggregator, Aggregator):
-        raise PatchError(
-            f"aggregator must be a registered name or an object with a `name` and `__call__(step)`; "
-            f"got {aggregator!r}"
-        )
-    return aggregator
 
 
 def _check_sampler(sampler: Any) -> None:
@@ -131,6 +116,8 @@ def patch_sampler(
     weights: Sequence[float] | None = None,
     stage: str | None = None,
     max_batch: int | None = None,
+    cameras: Sequence[Any] | None = None,
+    registry: Registry | None = None,
     **options: Any,
 ) -> Iterator[Patch]:
     """Make every ``sampler.sample(...)`` inside the block multi-view.
@@ -149,7 +136,11 @@ def patch_sampler(
     :param weights: one non-negative weight per view; normalised to sum to 1.
     :param stage: a label passed to the aggregator as ``step.stage`` (e.g. ``"shape"``).
     :param max_batch: at most this many latent rows per model forward (memory cap); the
-        default evaluates all views and the negative in one forward.
+        default evaluates all views and the negative in one forward. It must be at least the
+        number of samples, since one forward holds every sample of one view.
+    :param cameras: one camera per view (a name, ``"AZ,EL"``, a pair or None), passed to the
+        aggregator as ``step.cameras``.
+    :param registry: where names are looked up (default: :func:`get_registry`).
     :param options: the aggregator's options, when it is given by name or class.
     :yields: a :class:`Patch` that counts model calls and records each step.
 
@@ -166,15 +157,19 @@ def patch_sampler(
     >>> "sample" in vars(sampler)  # restored
     False
     """
-    agg = _resolve_aggregator(aggregator, options)
-    _check_sampler(sampler)
+    agg = resolve(aggregator, options=options, registry=registry)
     user_weights = normalise_weights(weights)
-    if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+    user_cameras = normalise_cameras(cameras)
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
         raise PatchError(f"max_batch must be a positive integer or None; got max_batch={max_batch!r}")
 
     patch = Patch(sampler=sampler, aggregator=agg, stage=stage)
+    where = f" in stage {stage!r}" if stage else ""
     local = threading.local()
     trace = os.environ.get("TRELLIS_MV_TRACE", "") not in ("", "0")
+    with _INSTALL_LOCK:  # check and install at once: two threads never both patch one sampler
+        _check_sampler(sampler)
+        object.__setattr__(sampler, _MARK, patch)
     saved = {name: vars(sampler)[name] for name in _PATCHED if name in vars(sampler)}
     orig_inference = sampler._inference_model
     orig_sample_once = getattr(sampler, "sample_once", None)
@@ -187,7 +182,8 @@ def patch_sampler(
 
     def views_for(run: _Run, cond: Any, neg_cond: Any) -> Views:
         if run.views is None or cond is not run.cond:
-            run.cond, run.views = cond, prepare_views(cond, neg_cond, user_weights)
+            run.cond, run.views = cond, prepare_views(cond, neg_cond, user_weights, user_cameras)
+            check_views(agg, run.views.count, run.views.cameras)
         return run.views
 
     def current_run() -> _Run:
@@ -209,6 +205,12 @@ def patch_sampler(
             run.num_steps = steps if isinstance(steps, int) else None
             if "cond" in values:  # validate before any model work
                 views_for(run, values["cond"], values.get("neg_cond"))
+            noise = values.get("noise")
+            if max_batch is not None and hasattr(noise, "shape") and int(noise.shape[0]) > max_batch:
+                raise PatchError(
+                    f"max_batch={max_batch} is smaller than the {int(noise.shape[0])} samples drawn at once{where}; "
+                    "one forward holds every sample of a view, so raise max_batch or draw fewer samples"
+                )
         local.run = run
         try:
             return orig_sample(*args, **kwargs)
@@ -233,10 +235,11 @@ def patch_sampler(
         step = Step(
             sampler=sampler, inference=orig_inference, model=model, x_t=x_t, t=float(t), kwargs=kwargs,
             views=views, index=run.step, num_steps=run.num_steps, run=run.index, stage=stage,
-            state=run.state, max_batch=max_batch, counter=counter,
+            state=run.state, max_batch=max_batch, counter=counter, diagnostics=patch.diagnostics,
         )
-        pred = agg(step)
-        _check_prediction(agg, x_t, pred)
+        # a step that needs the negative branch alone (guidance strength 0) is the core's, not the aggregator's
+        pred = agg(step) if step.needs_positive else step.guide(None)
+        _check_prediction(agg, x_t, pred, f"{where}, step {run.step} (t={float(t):.4f})")
         record = StepRecord(
             run=run.index, step=run.step, t=float(t), views=tuple(sorted(counter.views)),
             forwards=counter.forwards, rows=counter.rows,
@@ -249,24 +252,32 @@ def patch_sampler(
             logger.warning("trellis_mv trace: %s stage=%s %s", agg.name, stage, record)
         return pred
 
-    functools.update_wrapper(inference_model, orig_inference)
-    object.__setattr__(sampler, "_inference_model", inference_model)
-    if callable(orig_sample_once):
-        object.__setattr__(sampler, "sample_once", functools.update_wrapper(sample_once, orig_sample_once))
-    if callable(orig_sample):
-        object.__setattr__(sampler, "sample", functools.update_wrapper(sample, orig_sample))
-    object.__setattr__(sampler, _MARK, patch)
     try:
+        functools.update_wrapper(inference_model, orig_inference)
+        object.__setattr__(sampler, "_inference_model", inference_model)
+        if callable(orig_sample_once):
+            object.__setattr__(sampler, "sample_once", functools.update_wrapper(sample_once, orig_sample_once))
+        if callable(orig_sample):
+            object.__setattr__(sampler, "sample", functools.update_wrapper(sample, orig_sample))
         yield patch
     finally:
-        for name in (*_PATCHED, _MARK):
-            if name in saved:
-                object.__setattr__(sampler, name, saved[name])
-            elif name in vars(sampler):
-                object.__delattr__(sampler, name)
+        with _INSTALL_LOCK:
+            for name in _PATCHED:
+                if name in saved:
+                    object.__setattr__(sampler, name, saved[name])
+                elif name in vars(sampler):
+                    object.__delattr__(sampler, name)
+            object.__delattr__(sampler, _MARK)
 
 
-def _check_prediction(agg: Aggregator, x_t: Any, pred: Any) -> None:
+def check_views(agg: Aggregator, num_views: int, cameras: Sequence[Any] = ()) -> None:
+    """Let an aggregator refuse a view set before any model work (its optional ``check`` method)."""
+    check = getattr(agg, "check", None)
+    if callable(check):
+        check(num_views=num_views, cameras=tuple(cameras) or (None,) * num_views)
+
+
+def _check_prediction(agg: Aggregator, x_t: Any, pred: Any, where: str) -> None:
     if T.is_sparse(x_t):
         ok = T.is_sparse(pred) and tuple(pred.feats.shape) == tuple(x_t.feats.shape)
         got = f"{type(pred).__name__} with feats {tuple(pred.feats.shape)}" if T.is_sparse(pred) else repr(type(pred))
@@ -277,6 +288,13 @@ def _check_prediction(agg: Aggregator, x_t: Any, pred: Any) -> None:
         want = f"shape {tuple(x_t.shape)}"
     if not ok:
         raise AggregatorError(
-            f"aggregator {agg.name!r} returned {got}; it must return a prediction shaped like x_t ({want})",
+            f"aggregator {agg.name!r} returned {got}{where}; it must return a prediction shaped like x_t ({want})",
+            aggregator=agg.name,
+        )
+    values = T.feats(pred)
+    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+        raise AggregatorError(
+            f"the prediction{where} holds NaN or Inf (aggregator {agg.name!r}); check the views, the sampler "
+            "parameters and the model's dtype",
             aggregator=agg.name,
         )

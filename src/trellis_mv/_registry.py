@@ -16,10 +16,12 @@ Environment switches:
 
 from __future__ import annotations
 
+import ast
 import inspect
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import import_module, metadata
 from typing import Any
@@ -27,10 +29,20 @@ from typing import Any
 import pluggy
 
 from . import _spec
-from ._errors import AggregatorOptionError, PluginLoadError, UnknownAggregatorError
+from ._errors import AggregatorError, AggregatorOptionError, PluginLoadError, UnknownAggregatorError
 from ._spec import Aggregator
 
-__all__ = ["AggregatorInfo", "Registry", "get_aggregator", "get_registry", "instantiate", "list_aggregators"]
+__all__ = [
+    "AggregatorInfo",
+    "Registry",
+    "get_aggregator",
+    "get_registry",
+    "instantiate",
+    "list_aggregators",
+    "parse_aggregator",
+    "parse_value",
+    "resolve",
+]
 
 GROUP = "trellis_mv"
 CORE_DISTRIBUTION = "trellis-mv"
@@ -50,6 +62,11 @@ class AggregatorInfo:
     distribution: str | None
     version: str | None
     factory: type
+
+    @property
+    def qualified_name(self) -> str:
+        """``distribution/name``: always unique, also where two distributions claim one name."""
+        return f"{self.distribution or self.plugin}/{self.name}"
 
     def options(self) -> dict[str, Any]:
         """The aggregator's options and their defaults."""
@@ -83,17 +100,119 @@ def instantiate(factory: type, options: dict[str, Any]) -> Aggregator:
             f"its options are: {', '.join(known) or 'none'}",
             aggregator=name,
         )
-    return factory(**options)
+    try:
+        return factory(**options)
+    except (AggregatorError, TypeError, ValueError):
+        raise
+    except Exception as exc:  # a plugin's constructor failing: name it
+        raise AggregatorError(
+            f"aggregator {name!r} failed to build with options {options!r}: {type(exc).__name__}: {exc}", aggregator=name
+        ) from exc
+
+
+def parse_value(text: str) -> Any:
+    """A command-line option value: a Python literal, true/false/none, a comma list, or else the bare word.
+
+    >>> parse_value("3"), parse_value("(0.1, 0.9)"), parse_value("true"), parse_value("random"), parse_value("1;2;0.5")
+    (3, (0.1, 0.9), True, 'random', [1, 2, 0.5])
+    """
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    if ";" in text:  # a list on a command line where ',' separates options: weights=1;2;0.5
+        return [parse_value(part.strip()) for part in text.split(";") if part.strip()]
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def _split_options(text: str) -> list[str]:
+    """Split ``a=1,b=[1, 2],c=x`` on the commas outside brackets and quotes."""
+    items, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [item.strip() for item in items if item.strip()]
+
+
+def parse_aggregator(text: str) -> tuple[str, dict[str, Any]]:
+    """Parse ``AGGREGATOR[:OPTION=VALUE,...]``; a value may be a list (``[1, 2]`` or ``1;2``).
+
+    >>> parse_aggregator("stochastic:order=random,seed=3")
+    ('stochastic', {'order': 'random', 'seed': 3})
+    >>> parse_aggregator("weighted:schedule=[(0.0, 1.0), (1.0, 0.5)],preset=none")
+    ('weighted', {'schedule': [(0.0, 1.0), (1.0, 0.5)], 'preset': None})
+    """
+    name, _, opts = text.partition(":")
+    if not name.strip():
+        raise AggregatorOptionError(f"no aggregator name in {text!r}; expected AGGREGATOR[:OPTION=VALUE,...]")
+    options: dict[str, Any] = {}
+    for item in _split_options(opts):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise AggregatorOptionError(f"option {item!r} in {text!r} is not OPTION=VALUE", aggregator=name.strip())
+        options[key.strip()] = parse_value(value.strip())
+    return name.strip(), options
+
+
+def resolve(spec: Any, *, options: Mapping[str, Any] | None = None, registry: Registry | None = None) -> Aggregator:
+    """The one way from an aggregator spec to an aggregator instance.
+
+    A spec is a registered name (``"multidiffusion"``, or ``"distribution/name"`` to pick
+    one distribution's), ``"name:option=value,..."``, ``(name, options)``, an aggregator
+    class, or an instance. Names are looked up in ``registry`` (default:
+    :func:`get_registry`).
+
+    >>> resolve("stochastic:order=random").order, resolve(("single", {"view": 1})).view
+    ('random', 1)
+    """
+    options = dict(options or {})
+    if isinstance(spec, str):
+        name, parsed = parse_aggregator(spec)
+        return (registry or get_registry()).get(name, **{**parsed, **options})
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], Mapping):
+        return (registry or get_registry()).get(spec[0], **{**dict(spec[1]), **options})
+    if isinstance(spec, type):
+        problem = _protocol_problem(spec)
+        if problem:
+            raise AggregatorError(f"{spec!r} is not an aggregator class: {problem}")
+        return instantiate(spec, options)
+    if options:
+        raise AggregatorOptionError(
+            f"aggregator options {sorted(options)} were given with an aggregator instance; pass them to its "
+            "constructor, or give the aggregator by name"
+        )
+    if not isinstance(spec, Aggregator):
+        raise AggregatorError(
+            "an aggregator is a registered name, 'name:option=value,...', (name, options), a class or an "
+            f"instance with a `name` and `__call__(step)`; got {spec!r}"
+        )
+    return spec
 
 
 class Registry:
     """The aggregators a set of plugins provides.
 
+    Every aggregator is reachable by its ``name`` and by ``"distribution/name"``. A name
+    claimed twice is never resolved silently: the core distribution's aggregators keep their
+    names (a plugin's clashing one is reachable only qualified), and a name two plugins claim
+    is refused with an error naming both, until one is chosen by its qualified name or by the
+    ``TRELLIS_MV_PLUGINS`` allow-list.
+
     >>> reg = Registry()                      # empty: nothing loaded
     >>> from trellis_mv.aggregators import multidiffusion
     >>> reg.register(multidiffusion, name="multidiffusion", distribution="trellis-mv")
-    >>> [info.name for info in reg.list()]
-    ['multidiffusion']
+    >>> [info.name for info in reg.list()], reg.info("trellis-mv/multidiffusion").name
+    (['multidiffusion'], 'multidiffusion')
     """
 
     def __init__(self, *, trace: bool = False) -> None:
@@ -101,6 +220,8 @@ class Registry:
         self.pm.add_hookspecs(_spec)
         self.errors: list[PluginLoadError] = []
         self._infos: dict[str, AggregatorInfo] | None = None
+        self._all: list[AggregatorInfo] = []
+        self._ambiguous: dict[str, list[AggregatorInfo]] = {}
         self._dists: dict[str, tuple[str | None, str | None]] = {}
         if trace:
             self.pm.trace.root.setwriter(sys.stderr.write)
@@ -116,7 +237,7 @@ class Registry:
     ) -> Registry:
         """Build a registry from the ``trellis_mv`` entry points (the environment switches apply
         where an argument is None). A plugin that fails to load is recorded in ``errors`` and
-        reported with a warning; the others still load."""
+        reported with a warning; the others still load. The core's entry points load first."""
         env = os.environ
         if autoload is None:
             autoload = not _truthy(env.get("TRELLIS_MV_DISABLE_PLUGIN_AUTOLOAD"))
@@ -125,28 +246,34 @@ class Registry:
         if trace is None:
             trace = _truthy(env.get("TRELLIS_MV_TRACE"))
         reg = cls(trace=trace)
-        seen: set[str] = set()
-        for ep in metadata.entry_points(group=GROUP):
+
+        def is_core(ep: metadata.EntryPoint) -> bool:
+            return ep.dist is not None and ep.dist.name.replace("_", "-").lower() == CORE_DISTRIBUTION
+
+        points = sorted(metadata.entry_points(group=GROUP), key=lambda ep: (not is_core(ep), ep.name, ep.value))
+        seen: set[tuple[str, str]] = set()
+        for ep in points:
             dist = ep.dist.name if ep.dist is not None else None
             version = ep.dist.version if ep.dist is not None else None
-            core = dist is not None and dist.replace("_", "-").lower() == CORE_DISTRIBUTION
-            if ep.name in seen:
+            if (ep.name, ep.value) in seen:  # the same distribution seen twice on sys.path
                 continue
-            if not core and (not autoload or (allow is not None and ep.name not in allow)):
+            if not is_core(ep) and (not autoload or (allow is not None and ep.name not in allow)):
                 continue
-            seen.add(ep.name)
+            seen.add((ep.name, ep.value))
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken plugin must not stop the others
+            except (Exception, SystemExit) as exc:  # a broken plugin must not stop the others
                 reg._fail(
                     f"plugin {ep.name!r} from distribution {dist!r} failed to import ({ep.value}): "
                     f"{type(exc).__name__}: {exc}",
                     ep.name, dist,
                 )
                 continue
-            reg.register(plugin, name=ep.name, distribution=dist, version=version)
+            reg.register(plugin, name=ep.name if not reg.pm.has_plugin(ep.name) else f"{dist}/{ep.name}",
+                         distribution=dist, version=version)
+        loaded = {name for name, _ in seen}
         for name, module in _BUILTINS.items():  # running from a source tree without metadata
-            if name not in seen:
+            if name not in loaded:
                 reg.register(import_module(module), name=name, distribution=CORE_DISTRIBUTION, version=None)
         return reg
 
@@ -167,6 +294,11 @@ class Registry:
                 self.pm.unregister(plugin)
             self._fail(f"plugin {name!r} from distribution {distribution!r} is invalid: {exc}", name, distribution)
             return
+        if not self.pm.get_hookcallers(plugin):
+            self.pm.unregister(plugin)
+            self._fail(f"plugin {name!r} from distribution {distribution!r} implements no hook: mark its "
+                       "register_aggregators function with @trellis_mv.hookimpl", name, distribution)
+            return
         self._dists[name] = (distribution, version)
         self._infos = None
 
@@ -174,14 +306,16 @@ class Registry:
         if self._infos is not None:
             return self._infos
         infos: dict[str, AggregatorInfo] = {}
+        everything: list[AggregatorInfo] = []
+        claims: dict[str, list[AggregatorInfo]] = {}
         for impl in self.pm.hook.register_aggregators.get_hookimpls():
             plugin = impl.plugin_name
             dist, version = self._dists.get(plugin, (None, None))
             others = [p for p in self.pm.get_plugins() if p is not impl.plugin]
-            try:
-                factories = self.pm.subset_hook_caller("register_aggregators", others)()
-                factories = [f for group in factories for f in (group or [])]
-            except Exception as exc:
+            try:  # through the hook caller of this plugin alone, so that tracing sees the call
+                groups = self.pm.subset_hook_caller("register_aggregators", others)()
+                factories = [f for group in groups for f in (group or [])]
+            except (Exception, SystemExit) as exc:
                 self._fail(f"plugin {plugin!r} from distribution {dist!r} raised in register_aggregators: "
                            f"{type(exc).__name__}: {exc}", plugin, dist)
                 continue
@@ -191,31 +325,77 @@ class Registry:
                     self._fail(f"plugin {plugin!r} from distribution {dist!r} returned {factory!r}, which is not "
                                f"an aggregator: {problem}", plugin, dist)
                     continue
-                if factory.name in infos:
-                    first = infos[factory.name]
-                    self._fail(f"aggregator name {factory.name!r} from plugin {plugin!r} ({dist!r}) is already "
-                               f"registered by plugin {first.plugin!r} ({first.distribution!r}); it was skipped",
-                               plugin, dist)
-                    continue
-                infos[factory.name] = AggregatorInfo(
-                    factory.name, _summary(factory), plugin, dist, version, factory
-                )
-        self._infos = dict(sorted(infos.items()))
-        return self._infos
+                info = AggregatorInfo(factory.name, _summary(factory), plugin, dist, version, factory)
+                everything.append(info)
+                claims.setdefault(info.name, []).append(info)
+        ambiguous: dict[str, list[AggregatorInfo]] = {}
+        for name, group in claims.items():
+            core = [i for i in group if _is_core(i.distribution)]
+            chosen = core[:1] or (group if len(group) == 1 else [])
+            if chosen:
+                infos[name] = chosen[0]
+            for other in group:
+                if chosen and other is not chosen[0]:
+                    self._fail(f"aggregator name {name!r} from plugin {other.plugin!r} ({other.distribution!r}) clashes "
+                               f"with the one of {chosen[0].distribution!r}, which keeps the name; use "
+                               f"{other.qualified_name!r} for this one", other.plugin, other.distribution)
+            if not chosen:
+                ambiguous[name] = group
+                listed = " and ".join(f"{i.distribution!r} ({i.qualified_name!r})" for i in group)
+                self._fail(f"aggregator name {name!r} is claimed by {listed}; give the qualified name, or "
+                           "allow one plugin with TRELLIS_MV_PLUGINS", group[0].plugin, group[0].distribution)
+        for info in everything:
+            infos.setdefault(info.qualified_name, info)
+        self._all = sorted(everything, key=lambda i: (i.name, i.qualified_name))
+        self._ambiguous = ambiguous
+        self._infos = infos
+        return infos
 
     def list(self) -> list[AggregatorInfo]:
-        """Every registered aggregator, sorted by name."""
-        return list(self._collect().values())
+        """Every registered aggregator, sorted by name (a clashing name once per distribution)."""
+        self._collect()
+        return list(self._all)
+
+    def names(self) -> list[str]:
+        """The names :meth:`get` accepts unqualified, sorted."""
+        return sorted(n for n in self._collect() if "/" not in n)
 
     def info(self, name: str) -> AggregatorInfo:
         infos = self._collect()
+        if name in self._ambiguous:
+            listed = ", ".join(repr(i.qualified_name) for i in self._ambiguous[name])
+            raise AggregatorError(f"aggregator name {name!r} is claimed by several distributions; choose one of {listed}",
+                                  aggregator=name)
         if name not in infos:
-            raise UnknownAggregatorError(name, list(infos))
+            raise UnknownAggregatorError(name, self.names())
         return infos[name]
 
     def get(self, name: str, **options: Any) -> Aggregator:
         """A new aggregator instance by name, with its options."""
         return instantiate(self.info(name).factory, options)
+
+    def check(self) -> list[PluginLoadError]:
+        """Build every aggregator whose options all have defaults; record those that fail in ``errors``.
+
+        :returns: the new errors.
+        """
+        before = len(self.errors)
+        for info in self.list():
+            params = inspect.signature(info.factory).parameters.values()
+            if any(p.default is inspect.Parameter.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+                   for p in params):
+                continue
+            try:
+                info.factory()
+            except (Exception, SystemExit) as exc:
+                self._fail(f"aggregator {info.qualified_name!r} (plugin {info.plugin!r} from distribution "
+                           f"{info.distribution!r}) fails to build with its default options: {type(exc).__name__}: {exc}",
+                           info.plugin, info.distribution)
+        return self.errors[before:]
+
+
+def _is_core(distribution: str | None) -> bool:
+    return distribution is not None and distribution.replace("_", "-").lower() == CORE_DISTRIBUTION
 
 
 def _protocol_problem(factory: Any) -> str | None:

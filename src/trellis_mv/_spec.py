@@ -49,7 +49,11 @@ class Aggregator(Protocol):
     Registered aggregators are classes: ``name`` is the registered name, the keyword
     arguments of ``__init__`` are the options (validate them there, raising
     :class:`~trellis_mv.AggregatorOptionError`), and the first line of the docstring is the
-    summary ``trellis-mv list`` prints. Optional class attributes tell the conformance kit
+    summary ``trellis-mv list`` prints. An optional method ``check(*, num_views, cameras)``
+    refuses a view set before any model work (e.g. ``single:view=5`` with 3 views), raising
+    :class:`~trellis_mv.AggregatorOptionError`. A step where the sampler's guidance needs
+    the negative branch alone (strength 0) never reaches the aggregator: the core answers it.
+    Optional class attributes tell the conformance kit
     which invariants apply: ``fuses`` (N identical views give the single-view result),
     ``order_free`` (permuting views and weights together changes nothing) and ``weighted``
     (it honours ``step.weights``: a view of weight 0 changes nothing).

@@ -40,8 +40,10 @@ class Step:
     Attributes: ``x_t`` (the latent), ``t`` (float in ``[0, 1]``), ``index`` (0-based step
     in the current sampling run), ``num_steps`` (``None`` when the sampler does not say),
     ``run`` (how many sampling runs this patch has seen before this one), ``stage``,
-    ``cond`` (``[N, ...]``), ``weights`` (``[N]``, summing to 1), ``num_views``,
-    ``batch_size`` (samples in ``x_t``) and ``state`` (a dict private to this sampling run).
+    ``cond`` (``[N, ...]``), ``weights`` (``[N]``, summing to 1), ``cameras`` (one
+    :class:`~trellis_mv.Camera` or None per view, in the adapter's object frame),
+    ``num_views``, ``batch_size`` (samples in ``x_t``) and ``state`` (a dict private to this
+    sampling run).
 
     The model is only ever evaluated through the methods below, which batch views, share
     the negative pass, honour the patch's ``max_batch`` and count every forward.
@@ -64,6 +66,7 @@ class Step:
         state: dict[str, Any],
         max_batch: int | None,
         counter: _Counter,
+        diagnostics: dict[str, Any] | None = None,
     ) -> None:
         self.x_t = x_t
         self.t = float(t)
@@ -75,6 +78,7 @@ class Step:
         self.views = views
         self.cond = views.cond
         self.weights = views.weight_tensor
+        self.cameras = views.cameras
         self.num_views = views.count
         self.batch_size = T.batch_size(x_t)
         self._sampler = sampler
@@ -83,6 +87,7 @@ class Step:
         self._kwargs = kwargs
         self._max_batch = max_batch
         self._counter = counter
+        self._diagnostics = diagnostics if diagnostics is not None else {}
         self._plan: tuple[bool, bool, dict[str, Any]] | None = None
         self._neg: Any = None
 
@@ -254,6 +259,17 @@ class Step:
         if len(w) != len(preds):
             raise AggregatorError(f"fuse got {len(preds)} predictions but {len(w)} weights")
         return T.weighted_sum(list(preds), list(w))
+
+    def record(self, key: str, value: Any) -> None:
+        """Keep a diagnostic of this step (e.g. per-element view weights) on the patch.
+
+        :attr:`Patch.diagnostics <trellis_mv.Patch>` holds, per key, the value recorded at the
+        latest step; :func:`trellis_mv.generate` saves tensors recorded under keys such as
+        ``"view_weights"`` (``[N, *latent]``) with the result.
+        """
+        if not isinstance(key, str) or not key:
+            raise AggregatorError(f"record needs a non-empty string key; got key={key!r}")
+        self._diagnostics[key] = value.detach() if isinstance(value, torch.Tensor) else value
 
     def __repr__(self) -> str:
         return (

@@ -5,13 +5,80 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ._errors import ViewError
 
-__all__ = ["Views", "normalise_weights", "prepare_views"]
+__all__ = ["CAMERA_NAMES", "Camera", "Views", "normalise_cameras", "normalise_weights", "parse_camera", "prepare_views"]
+
+
+class Camera(NamedTuple):
+    """Where a view was taken from, in degrees, in the adapter's object frame.
+
+    ``azimuth`` turns about the up axis: 0 is the front, 90 the object's right side, 180 the
+    back, 270 the left; ``elevation`` is the angle above the horizontal (90 looks straight
+    down). Each adapter documents how this frame sits in its latent grid.
+    """
+
+    azimuth: float
+    elevation: float = 0.0
+
+
+#: Named cameras: ``front``, ``right``, ``back``, ``left`` (level) and ``top``.
+CAMERA_NAMES: dict[str, Camera] = {
+    "front": Camera(0.0, 0.0),
+    "right": Camera(90.0, 0.0),
+    "back": Camera(180.0, 0.0),
+    "left": Camera(270.0, 0.0),
+    "top": Camera(0.0, 90.0),
+}
+
+
+def parse_camera(value: Any) -> Camera | None:
+    """A :class:`Camera` from a name, ``"AZ"``, ``"AZ,EL"``, a pair, a Camera, or None.
+
+    >>> parse_camera("back"), parse_camera("30,20"), parse_camera((45, 10)), parse_camera(None)
+    (Camera(azimuth=180.0, elevation=0.0), Camera(azimuth=30.0, elevation=20.0), Camera(azimuth=45.0, elevation=10.0), None)
+    """
+    if value is None or isinstance(value, Camera):
+        return value
+    given = value
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key in CAMERA_NAMES:
+            return CAMERA_NAMES[key]
+        value = [part for part in key.replace(" ", "").split(",") if part]
+    try:
+        numbers = [float(v) for v in value]
+    except (TypeError, ValueError):
+        numbers = []
+    if not 1 <= len(numbers) <= 2 or not all(math.isfinite(v) for v in numbers):
+        raise ViewError(
+            f"camera {given!r} is not a camera; expected one of {', '.join(CAMERA_NAMES)}, "
+            "'AZIMUTH' or 'AZIMUTH,ELEVATION' in degrees (e.g. '90' or '90,20')"
+        )
+    azimuth, elevation = numbers[0] % 360.0, numbers[1] if len(numbers) == 2 else 0.0
+    if not -90.0 <= elevation <= 90.0:
+        raise ViewError(f"camera {given!r}: elevation must be between -90 and 90 degrees; got {elevation:g}")
+    return Camera(azimuth, elevation)
+
+
+def normalise_cameras(cameras: Sequence[Any] | None, count: int | None = None) -> tuple[Camera | None, ...] | None:
+    """Check one camera (or None) per view.
+
+    >>> normalise_cameras(["front", None, "90,20"])
+    (Camera(azimuth=0.0, elevation=0.0), None, Camera(azimuth=90.0, elevation=20.0))
+    """
+    if cameras is None:
+        return None
+    if isinstance(cameras, (str, bytes)) or not isinstance(cameras, Sequence):
+        raise ViewError(f"cameras must be a list with one camera (or None) per view; got cameras={cameras!r}")
+    parsed = tuple(parse_camera(c) for c in cameras)
+    if count is not None and len(parsed) != count:
+        raise ViewError(f"cameras has {len(parsed)} entries but there are {count} views; give one camera (or None) per view")
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -21,15 +88,19 @@ class Views:
     :ivar cond: the views' conditioning stacked on dim 0, ``[N, ...]``.
     :ivar neg: the one negative conditioning row ``[1, ...]`` shared by all views, or ``None``.
     :ivar weights: N floats summing to 1.
+    :ivar cameras: one :class:`Camera` (or None where unknown) per view.
     """
 
     cond: torch.Tensor
     neg: torch.Tensor | None
     weights: tuple[float, ...]
+    cameras: tuple[Camera | None, ...] = ()
     weight_tensor: torch.Tensor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight_tensor", torch.tensor(self.weights, dtype=torch.float64))
+        if not self.cameras:
+            object.__setattr__(self, "cameras", (None,) * self.count)
 
     @property
     def count(self) -> int:
@@ -100,7 +171,9 @@ def stack_views(cond: Any) -> torch.Tensor:
     )
 
 
-def prepare_views(cond: Any, neg_cond: Any = None, weights: Sequence[float] | None = None) -> Views:
+def prepare_views(
+    cond: Any, neg_cond: Any = None, weights: Sequence[float] | None = None, cameras: Sequence[Any] | None = None
+) -> Views:
     """Validate the conditioning a patched sampler receives.
 
     The negative conditioning may have batch 1 or N (TRELLIS.2's ``get_cond`` returns
@@ -129,5 +202,8 @@ def prepare_views(cond: Any, neg_cond: Any = None, weights: Sequence[float] | No
             raise ViewError(
                 f"neg_cond has batch {neg_cond.shape[0]}, which matches neither 1 nor the {n} views of cond"
             )
+    if stacked.is_floating_point() and not bool(torch.isfinite(stacked).all()):
+        bad = [i for i in range(n) if not bool(torch.isfinite(stacked[i]).all())]
+        raise ViewError(f"the conditioning of view(s) {bad} holds NaN or Inf; check those images or their encoder")
     normed = normalise_weights(weights, n) if weights is not None else tuple(1.0 / n for _ in range(n))
-    return Views(cond=stacked, neg=neg, weights=normed)
+    return Views(cond=stacked, neg=neg, weights=normed, cameras=normalise_cameras(cameras, n) or ())

@@ -24,9 +24,12 @@ TRELLIS2_FLAGS = ("no_preprocess", "no_video")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    reg = get_registry()
+    reg = get_registry(refresh=True)
     infos = reg.list()
-    rows = [(i.name, f"{i.distribution or '?'} {i.version or ''}".strip(), i.summary) for i in infos]
+    reg.check()
+    names = reg.names()
+    rows = [(i.name if i.name in names and reg.info(i.name) is i else i.qualified_name,
+             f"{i.distribution or '?'} {i.version or ''}".strip(), i.summary) for i in infos]
     widths = [max([len(h), *(len(r[k]) for r in rows)]) for k, h in enumerate(("aggregator", "distribution"))]
     print(f"{'aggregator':<{widths[0]}}  {'distribution':<{widths[1]}}  summary")
     for name, dist, summary in rows:

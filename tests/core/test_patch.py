@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import trellis_mv
 from trellis_mv import PatchError, patch_sampler
+from trellis_mv import _tensors as T
 from trellis_mv.samplers import FlowEulerGuidanceIntervalSampler, FlowEulerSampler
 from trellis_mv.testing import TinyDenoiser, make_problem
 
@@ -201,3 +202,28 @@ def test_threads_sharing_one_patched_sampler_keep_their_own_runs():
         assert [r.step for r in patch.records if r.run == run] == list(range(6))
         assert [r.views[0] for r in patch.records if r.run == run] == [0, 1, 2, 0, 1, 2]
     assert torch.equal(results[0], results[1])
+
+
+def test_cameras_and_diagnostics_reach_the_aggregator_and_the_patch():
+    seen = []
+
+    class Looks:
+        name = "looks"
+
+        def __call__(self, step):
+            seen.append(step.cameras)
+            preds = step.predict()
+            step.record("view_weights", torch.stack([T.feats(p) for p in preds]) * 0 + step.index)
+            return step.guide(step.fuse(preds))
+
+    problem = make_problem(num_views=3, steps=3)
+    with patch_sampler(problem.sampler, Looks(), cameras=["front", (90, 20), None]) as patch:
+        problem.run()
+    assert seen[0] == (trellis_mv.Camera(0.0, 0.0), trellis_mv.Camera(90.0, 20.0), None)
+    assert patch.diagnostics["view_weights"].shape[0] == 3
+    assert bool((patch.diagnostics["view_weights"] == 2).all())  # the latest step's record
+    with pytest.raises(trellis_mv.ViewError, match="cameras has 2 entries but there are 3 views"):
+        with patch_sampler(problem.sampler, "multidiffusion", cameras=["front", "back"]):
+            problem.run()
+    with pytest.raises(trellis_mv.ViewError, match="camera 'sideways' is not a camera"):
+        trellis_mv.parse_camera("sideways")

@@ -41,6 +41,7 @@ def plugins(tmp_path, monkeypatch):
     yield add
     for name in [m for m in sys.modules if m.startswith("tmvfake_")]:
         del sys.modules[name]
+    trellis_mv._registry._default = None  # rebuilt without the fakes on next use
 
 
 def test_builtins_come_through_the_entry_point_door():
@@ -87,9 +88,55 @@ def test_broken_plugins_are_named_and_do_not_stop_the_others(plugins):
     assert messages["crash"][0] == "tmv-crash" and "RuntimeError: missing CUDA" in messages["crash"][1]
     assert messages["noname"][0] == "tmv-noname" and "no `name` class attribute" in messages["noname"][1]
     assert messages["badhook"][0] == "tmv-badhook" and "unknown_argument" in messages["badhook"][1]
-    dupe = [m for p, m in messages.items() if "already registered" in m[1]]
-    assert len(dupe) == 1 and "'echo'" in dupe[0][1]
+    clash = [m for _, m in messages.items() if "is claimed by" in m[1]]
+    assert len(clash) == 1 and "'tmv-echo/echo'" in clash[0][1] and "'tmv-dupe/echo'" in clash[0][1]
     assert len(caught) >= 4
+
+
+def test_a_name_two_plugins_claim_is_never_resolved_silently(plugins):
+    plugins("tmv-echo", "echo", "tmvfake_echo", GOOD)
+    plugins("tmv-dupe", "dupe", "tmvfake_dupe", GOOD.replace("Uses the first", "Another"))
+    with pytest.warns(RuntimeWarning, match="claimed by"):
+        reg = Registry.from_entry_points()
+        reg.list()
+    with pytest.raises(trellis_mv.AggregatorError, match="claimed by several distributions; choose one of 'tmv-dupe/echo', "
+                                                         "'tmv-echo/echo'"):
+        trellis_mv.resolve("echo", registry=reg)
+    assert reg.info("tmv-dupe/echo").summary == "Another view only."
+    assert trellis_mv.resolve("tmv-echo/echo:gain=3", registry=reg).gain == 3
+
+
+def test_a_plugin_cannot_shadow_a_builtin(plugins):
+    plugins("tmv-shadow", "shadow", "tmvfake_shadow", GOOD.replace('name = "echo"', 'name = "multidiffusion"'))
+    with pytest.warns(RuntimeWarning, match="clashes with the one of 'trellis-mv', which keeps the name"):
+        reg = Registry.from_entry_points()
+        reg.list()
+    assert reg.info("multidiffusion").distribution == "trellis-mv"
+    assert reg.info("tmv-shadow/multidiffusion").distribution == "tmv-shadow"
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("raise SystemExit(3)\n", "failed to import (tmvfake_bad): SystemExit: 3"),
+        ("x = 1\n", "implements no hook: mark its register_aggregators function with @trellis_mv.hookimpl"),
+        (GOOD.replace("self.gain = gain", "raise OSError('no GPU here')"), "fails to build with its default options: "
+                                                                           "OSError: no GPU here"),
+    ],
+    ids=["systemexit-at-import", "no-hookimpl", "init-fails"],
+)
+def test_broken_plugin_is_reported_by_list_and_leaves_other_commands_alone(plugins, capsys, tmp_path, source, message):
+    plugins("tmv-bad", "bad", "tmvfake_bad", source)
+    with pytest.warns(RuntimeWarning):
+        assert main(["list", "--strict"]) == 1
+    captured = capsys.readouterr()
+    assert message in captured.err and "'tmv-bad'" in captured.err
+    assert "multidiffusion" in captured.out
+    with pytest.warns(RuntimeWarning):
+        assert main(["list"]) == 0
+        out = tmp_path / "demo"
+        assert main(["demo", "--out", str(out), "--views", "1", "--steps", "1", "--quiet"]) == 0
+    assert (out / "summary.json").is_file()
 
 
 def test_disable_autoload_and_allow_list(plugins, monkeypatch):

@@ -13,8 +13,6 @@ class Median:
     order_free = True  # a median does not depend on the order of the views
 
     def __call__(self, step):
-        if not step.needs_positive:  # guidance strength 0: the negative alone
-            return step.guide(None)
         preds = step.predict()  # every view in one batched forward
         sparse = hasattr(preds[0], "feats")  # a sparse latent keeps its values in .feats
         values = torch.stack([p.feats if sparse else p for p in preds]).median(dim=0).values

@@ -27,8 +27,6 @@ class MultiDiffusion:
     weighted = True
 
     def __call__(self, step: Step) -> Any:
-        if not step.needs_positive:  # guidance strength 0: the negative alone
-            return step.guide(None)
         return step.guide(step.fuse(step.predict()))
 
     def __repr__(self) -> str:

@@ -80,11 +80,15 @@ class Single:
                                         aggregator=self.name)
         self.view = view
 
-    def __call__(self, step: Step) -> Any:
-        if self.view >= step.num_views:
+    def check(self, *, num_views: int, cameras: tuple[Any, ...] = ()) -> None:
+        """Refuse a view index beyond the views given."""
+        if self.view >= num_views:
             raise AggregatorOptionError(
-                f"single: option view={self.view} but only {step.num_views} views were given", aggregator=self.name
+                f"single: option view={self.view} but only {num_views} view(s) were given (views count from 0)",
+                aggregator=self.name,
             )
+
+    def __call__(self, step: Step) -> Any:
         return step.select(self.view)
 
     def __repr__(self) -> str:

@@ -118,8 +118,6 @@ class Consensus:
         self.center = center
 
     def __call__(self, step: Step) -> Any:
-        if not step.needs_positive:  # guidance strength 0: the negative alone
-            return step.guide(None)
         weights = step.weights.tolist()
         keep = [i for i, w in enumerate(weights) if w > 0]
         preds = step.predict(keep)

@@ -146,8 +146,6 @@ class Weighted:
         raise AssertionError("unreachable: the knots cover [0, 1]")
 
     def __call__(self, step: Step) -> Any:
-        if not step.needs_positive:  # guidance strength 0: the negative alone
-            return step.guide(None)
         raw = [s * p for s, p in zip(self.weights_at(step.t, step.num_views), step.weights.tolist())]
         total = sum(raw)
         if total <= 0:
