@@ -117,6 +117,7 @@ def patch_sampler(
     stage: str | None = None,
     max_batch: int | None = None,
     cameras: Sequence[Any] | None = None,
+    frame: Any = None,
     registry: Registry | None = None,
     **options: Any,
 ) -> Iterator[Patch]:
@@ -140,6 +141,8 @@ def patch_sampler(
         number of samples, since one forward holds every sample of one view.
     :param cameras: one camera per view (a name, ``"AZ,EL"``, a pair or None), passed to the
         aggregator as ``step.cameras``.
+    :param frame: 3x3 map from the object frame (x right, y up, z front) to the latent's
+        axes, for ``step.view_directions`` (default: identity).
     :param registry: where names are looked up (default: :func:`get_registry`).
     :param options: the aggregator's options, when it is given by name or class.
     :yields: a :class:`Patch` that counts model calls and records each step.
@@ -235,7 +238,7 @@ def patch_sampler(
         step = Step(
             sampler=sampler, inference=orig_inference, model=model, x_t=x_t, t=float(t), kwargs=kwargs,
             views=views, index=run.step, num_steps=run.num_steps, run=run.index, stage=stage,
-            state=run.state, max_batch=max_batch, counter=counter, diagnostics=patch.diagnostics,
+            state=run.state, max_batch=max_batch, counter=counter, diagnostics=patch.diagnostics, frame=frame,
         )
         # a step that needs the negative branch alone (guidance strength 0) is the core's, not the aggregator's
         pred = agg(step) if step.needs_positive else step.guide(None)

@@ -10,7 +10,7 @@ import torch
 
 from . import _tensors as T
 from ._errors import AggregatorError
-from ._views import Views
+from ._views import Views, camera_directions
 
 __all__ = ["Step", "StepRecord"]
 
@@ -67,6 +67,7 @@ class Step:
         max_batch: int | None,
         counter: _Counter,
         diagnostics: dict[str, Any] | None = None,
+        frame: Any = None,
     ) -> None:
         self.x_t = x_t
         self.t = float(t)
@@ -88,6 +89,7 @@ class Step:
         self._max_batch = max_batch
         self._counter = counter
         self._diagnostics = diagnostics if diagnostics is not None else {}
+        self._frame = frame
         self._plan: tuple[bool, bool, dict[str, Any]] | None = None
         self._neg: Any = None
 
@@ -259,6 +261,16 @@ class Step:
         if len(w) != len(preds):
             raise AggregatorError(f"fuse got {len(preds)} predictions but {len(w)} weights")
         return T.weighted_sum(list(preds), list(w))
+
+    @property
+    def view_directions(self) -> torch.Tensor:
+        """Unit vectors from the object towards each view's camera in the latent's own axes, ``[N, 3]``.
+
+        The axes are those of a sparse latent's ``coords[:, 1:]`` and of a dense latent's
+        spatial dimensions; a view without a camera has a row of NaN. The adapter says how
+        its object frame sits in its latent (``latent_frame``).
+        """
+        return camera_directions(self.cameras, self._frame)
 
     def record(self, key: str, value: Any) -> None:
         """Keep a diagnostic of this step (e.g. per-element view weights) on the patch.

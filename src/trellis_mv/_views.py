@@ -11,7 +11,16 @@ import torch
 
 from ._errors import ViewError
 
-__all__ = ["CAMERA_NAMES", "Camera", "Views", "normalise_cameras", "normalise_weights", "parse_camera", "prepare_views"]
+__all__ = [
+    "CAMERA_NAMES",
+    "Camera",
+    "Views",
+    "camera_directions",
+    "normalise_cameras",
+    "normalise_weights",
+    "parse_camera",
+    "prepare_views",
+]
 
 
 class Camera(NamedTuple):
@@ -34,6 +43,32 @@ CAMERA_NAMES: dict[str, Camera] = {
     "left": Camera(270.0, 0.0),
     "top": Camera(0.0, 90.0),
 }
+
+
+def camera_directions(
+    cameras: Sequence[Camera | None], frame: Sequence[Sequence[float]] | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Unit vectors from the object towards each camera, ``[N, 3]`` (NaN rows where unknown).
+
+    In the object frame ``x`` is the object's right, ``y`` up and ``z`` towards the front
+    camera; ``frame`` (3x3) maps that frame onto the latent's axes (the adapter's
+    ``latent_frame``; identity by default).
+
+    >>> camera_directions([Camera(90.0, 0.0), None]).round(decimals=3)
+    tensor([[1., 0., 0.],
+            [nan, nan, nan]], dtype=torch.float64)
+    """
+    rows = []
+    for cam in cameras:
+        if cam is None:
+            rows.append([math.nan] * 3)
+            continue
+        az, el = math.radians(cam.azimuth), math.radians(cam.elevation)
+        rows.append([math.sin(az) * math.cos(el), math.sin(el), math.cos(az) * math.cos(el)])
+    out = torch.tensor(rows, dtype=torch.float64).reshape(-1, 3)
+    if frame is not None:
+        out = out @ torch.as_tensor(frame, dtype=torch.float64).T
+    return out
 
 
 def parse_camera(value: Any) -> Camera | None:
