@@ -14,7 +14,7 @@ measures, in one process:
   memory cap at N = 8.
 
 ``--check`` also runs whole multi-view generations through
-:func:`trellis_mv.integrations.trellis2.run_multi_image` on a ``Trellis2ImageTo3DPipeline``
+:func:`trellis_mv.run_multi_image` with a ``Trellis2Adapter`` over a ``Trellis2ImageTo3DPipeline``
 built from full-size random models (pipeline types ``512`` and ``1024_cascade``, N = 1, 2,
 4, each aggregator, ``num_samples`` 1 and 2), and compares N = 1 with the unpatched run.
 
@@ -39,9 +39,11 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+
+import upstream as _bootstrap
 
 import trellis_mv
-from trellis_mv.integrations import _bootstrap
 
 GIB = 1024**3
 
@@ -195,7 +197,7 @@ def check(src: Path, device: str, keep: float) -> list[dict[str, Any]]:
     from trellis2.pipelines.samplers import FlowEulerGuidanceIntervalSampler
     from trellis2.pipelines.trellis2_image_to_3d import Trellis2ImageTo3DPipeline
 
-    from trellis_mv.integrations import _common, trellis2
+    from trellis_mv.integrations.trellis2 import Trellis2Adapter
 
     cfg = lambda name: json.loads((src / "configs" / "gen" / f"{name}.json").read_text())
     norm = cfg("slat_flow_imgshape2tex_dit_1_3B_512_bf16")["dataset"]["args"]
@@ -228,16 +230,19 @@ def check(src: Path, device: str, keep: float) -> list[dict[str, Any]]:
              1024: torch.randn(4, 4101, 1024, generator=gen).to(device)}
     rows: list[dict[str, Any]] = []
 
+    def encoded(n: int, resolutions: tuple[int, ...] = (512, 1024)) -> list[dict[int, torch.Tensor]]:
+        return [{r: conds[r][i] for r in resolutions} for i in range(n)]
+
     def one(agg: str, n: int, samples: int, ptype: str) -> Any:
         sync()
-        res = trellis2.run_multi_image(pipe, None, mode=agg, pipeline_type=ptype, num_samples=samples, seed=7,
-                                       conds={k: v[:n] for k, v in conds.items()}, return_latent=True)
-        shape, tex, resolution = res.latents
+        res = trellis_mv.run_multi_image(Trellis2Adapter(pipe, pipeline_type=ptype), encoded(n), mode=agg,
+                                         num_samples=samples, seed=7)
+        _, (shape, tex, resolution) = res.output
         row = {"pipeline_type": ptype, "aggregator": agg, "n": n, "num_samples": samples,
                "voxels": int(shape.feats.shape[0]), "batch": int(shape.shape[0]), "resolution": resolution,
                "finite": bool(torch.isfinite(shape.feats).all() and torch.isfinite(tex.feats).all()),
                "seconds": round(res.seconds, 2), **{f"{k}_rows": v["latent_rows"] for k, v in
-                                                      res.summary()["stages"].items()},
+                                                      res.cost()["stages"].items()},
                "shape_runs": res.patches["shape"].runs}
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -252,13 +257,13 @@ def check(src: Path, device: str, keep: float) -> list[dict[str, Any]]:
 
     # N = 1 against the unpatched pipeline (bf16: agreement to tolerance)
     single = {"cond": conds[512][:1], "neg_cond": torch.zeros_like(conds[512][:1])}
-    with _common.redirect_get_cond(pipe, lambda image, resolution, include_neg_cond=True: single):
+    with Trellis2Adapter(pipe, pipeline_type="512").views_cond(lambda image, resolution, include_neg_cond=True: single):
         _, (ref_shape, ref_tex, _) = pipe.run(None, seed=7, preprocess_image=False, return_latent=True,
                                               pipeline_type="512")
     for agg in [info.name for info in trellis_mv.list_aggregators()]:
-        res = trellis2.run_multi_image(pipe, None, mode=agg, pipeline_type="512", seed=7,
-                                       conds={512: conds[512][:1]}, return_latent=True)
-        shape, tex, _ = res.latents
+        res = trellis_mv.run_multi_image(Trellis2Adapter(pipe, pipeline_type="512"), encoded(1, (512,)), mode=agg,
+                                         seed=7)
+        _, (shape, tex, _) = res.output
         same_coords = torch.equal(shape.coords, ref_shape.coords)
         row = {"compare": "N=1 vs unpatched run (pipeline_type 512)", "aggregator": agg, "same_coords": same_coords,
                "shape_max_abs_diff": float((shape.feats - ref_shape.feats).abs().max()) if same_coords else None,

@@ -20,12 +20,16 @@ def test_demo_writes_mesh_picture_and_summary(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--views", "2", "--quiet", "--steps", "4"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["comparison.png", "mesh.glb", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["num_views"] == 2
+    assert summary["num_views"] == 2 and summary["cameras"][1] == list(proxy.parse_view("right"))
     assert summary["aggregators"] == {"sparse_structure": "multidiffusion", "texture": "multidiffusion"}
     assert summary["params"]["texture"]["steps"] == 4
     # multidiffusion: one forward per step and stage, views and negative batched
-    assert summary["model_calls"]["total"] == 2 * 4
+    assert summary["cost"]["model_forwards"] == 2 * 4
     assert "wrote comparison.png, mesh.glb, summary.json" in capsys.readouterr().out
+    assert main(["demo", "--out", str(out), "--views", "1", "--quiet", "--steps", "2"]) == 2  # an earlier run
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["demo", "--out", str(out), "--views", "1", "--quiet", "--steps", "2", "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["num_views"] == 1
 
 
 def test_generate_per_stage_choices(tmp_path, views):
@@ -38,18 +42,26 @@ def test_generate_per_stage_choices(tmp_path, views):
     assert summary["aggregators"] == {"sparse_structure": "stochastic", "texture": "single"}
     assert summary["params"]["sparse_structure"]["steps"] == 3 and summary["params"]["texture"]["steps"] == 2
     # stochastic with guidance: 2 forwards a step; single at strength 1: 1 forward a step
-    assert summary["model_calls"] == {"sparse_structure": 6, "texture": 2, "total": 8}
+    forwards = {s: v["model_forwards"] for s, v in summary["cost"]["stages"].items()}
+    assert forwards == {"sparse_structure": 6, "texture": 2}
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--images", "missing.png"], "images[0]='missing.png' does not exist"),
+        (["--images", "missing.png"], "view 0 (missing.png) does not exist"),
         (["--images", "{readme}"], "is not a readable image"),
         (["--images", "{front}", "--mode", "nope"], "unknown aggregator 'nope'"),
         (["--images", "{front}", "--stage", "shape=stochastic"], "unknown stage 'shape'"),
         (["--images", "{front}", "--mode", "stochastic:ordre=random"], "has no option 'ordre'"),
-        (["--images", "{front}", "--pipeline-type", "512"], "--pipeline-type applies to TRELLIS.2 models only"),
+        (["--images", "{front}", "--pipeline-type", "512"], "--pipeline-type applies to TRELLIS.2 / TRELLIS models only"),
+        (["--images", "{front}", "--steps", "texture=0"], "steps must be an integer >= 1"),
+        (["--images", "{front}", "--guidance-strenght", "3"], "unrecognized arguments"),
+        (["--images", "{front}", "--cfg-strength", "3"], "TRELLIS.2 uses guidance_strength"),
+        (["--images", "{front}", "--seed", "-3"], "seed must be an integer >= 0"),
+        (["--images", "{front}", "{front}", "--stage", "texture=single:view=5"], "view=5 but only 2 view(s)"),
+        (["--images", "{front}", "--num-samples", "3", "--max-batch", "2"], "max_batch=2 is smaller than num_samples=3"),
+        (["--images", "{front}@sideways"], "view 0 ({front}@sideways) does not exist"),
         (["--images", "{front}", "{front}", "--weights", "1", "-1"], "finite and non-negative"),
     ],
 )
@@ -58,9 +70,14 @@ def test_generate_errors_exit_2_and_write_nothing(tmp_path, capsys, views, argv,
     readme.write_text("not an image")
     out = tmp_path / "out"
     argv = [a.format(front=views[0], readme=readme) for a in argv]
-    assert main(["generate", *argv, "--out", str(out), "--quiet", "--steps", "2"]) == 2
+    message = message.format(front=views[0])
+    try:
+        code = main(["generate", *argv, "--out", str(out), "--quiet", "--steps", "2"])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    assert code == 2
     err = capsys.readouterr().err
-    assert err.startswith("trellis-mv: error: ") and message in err
+    assert message in err and ("trellis-mv: error: " in err or "usage:" in err)
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]  # no staging folder left behind
 
@@ -68,8 +85,11 @@ def test_generate_errors_exit_2_and_write_nothing(tmp_path, capsys, views, argv,
 def test_trellis2_missing_points_to_the_proxy(tmp_path, capsys, views, monkeypatch):
     for name in ("trellis2", "trellis2.pipelines"):
         monkeypatch.setitem(sys.modules, name, None)  # as where TRELLIS.2 is not installed
+    model = tmp_path / "TRELLIS.2-4B"
+    model.mkdir()
+    (model / "pipeline.json").write_text('{"name": "Trellis2ImageTo3DPipeline", "args": {"models": {}}}')
     out = tmp_path / "out"
-    assert main(["generate", "--images", views[0], "--model", "microsoft/TRELLIS.2-4B", "--out", str(out)]) == 2
+    assert main(["generate", "--images", views[0], "--model", str(model), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "TRELLIS.2 is not importable" in err and "--model proxy" in err
     assert not out.exists()
@@ -91,3 +111,52 @@ def test_grayscale_rgba_and_non_square_inputs_run(tmp_path, views):
     assert main(["generate", "--images", str(tmp_path / "wide_front.png"), str(tmp_path / "gray_right.png"),
                  "--out", str(out), "--quiet", "--steps", "2"]) == 0
     assert (out / "mesh.glb").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("make", "expect"),
+    [
+        (lambda: Image.new("I;16", (48, 48), 40000), (156, 156, 156)),
+        (lambda: Image.new("I", (48, 48), 65535), (255, 255, 255)),
+        (lambda: Image.new("F", (48, 48), 0.5), (128, 128, 128)),
+        (lambda: Image.new("F", (48, 48), 200.0), (200, 200, 200)),
+        (lambda: Image.new("CMYK", (48, 48), (0, 255, 255, 0)), (255, 0, 0)),
+        (lambda: Image.new("1", (48, 48), 1), (255, 255, 255)),
+        (lambda: Image.new("LA", (48, 48), (90, 255)), (90, 90, 90, 255)),
+    ],
+    ids=["16-bit", "32-bit", "float-unit", "float-255", "cmyk", "bilevel", "gray-alpha"],
+)
+def test_every_image_mode_is_converted_faithfully(tmp_path, make, expect):
+    from trellis_mv._images import load_image
+
+    image = make()
+    path = tmp_path / ("view.tiff" if image.mode in ("F", "I", "CMYK") else "view.png")
+    image.save(path)
+    loaded = load_image(path)
+    assert loaded.mode in ("RGB", "RGBA") and loaded.getpixel((5, 5)) == expect
+
+
+def test_palette_transparency_nan_pixels_and_decompression_bombs(tmp_path, monkeypatch):
+    from trellis_mv import ImageError
+    from trellis_mv._images import load_image
+
+    pal = Image.new("P", (32, 32), 1)
+    pal.putpalette([0, 0, 0, 250, 10, 10] + [0] * 762)
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "pal.png", transparency=0)
+    assert load_image(tmp_path / "pal.png").getpixel((3, 3)) == (250, 10, 10, 255)
+    Image.new("F", (8, 8), float("nan")).save(tmp_path / "nan.tiff")
+    with pytest.raises(ImageError, match="NaN or Inf pixel values"):
+        load_image(tmp_path / "nan.tiff")
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageError, match="too large to decode safely"):
+        load_image(tmp_path / "big.png")
+
+
+def test_cameras_after_at_reach_the_summary_and_lists_reach_aggregators(tmp_path, views):
+    out = tmp_path / "out"
+    assert main(["generate", "--images", f"{views[0]}@front", f"{views[1]}@90,20", "--out", str(out), "--quiet",
+                 "--steps", "1", "--mode", "stochastic", "--weights", "2", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cameras"] == [[0.0, 0.0], [90.0, 20.0]] and summary["weights"] == [2 / 3, 1 / 3]

@@ -3,6 +3,10 @@
 from ._errors import (
     AggregatorError,
     AggregatorOptionError,
+    ImageError,
+    ModelNotAvailable,
+    OutputError,
+    ParameterError,
     PatchError,
     PluginLoadError,
     TrellisMVError,
@@ -11,18 +15,25 @@ from ._errors import (
 )
 from ._patch import Patch, patch_sampler
 from ._registry import AggregatorInfo, Registry, get_aggregator, get_registry, list_aggregators, resolve
-from ._spec import Aggregator, hookimpl
+from ._spec import Adapter, Aggregator, hookimpl
 from ._step import Step, StepRecord
 from ._views import Camera, parse_camera
+from .pipeline import MultiViewResult, generate, load_adapter, run_multi_image
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adapter",
     "Aggregator",
     "AggregatorError",
     "AggregatorInfo",
     "AggregatorOptionError",
     "Camera",
+    "ImageError",
+    "ModelNotAvailable",
+    "MultiViewResult",
+    "OutputError",
+    "ParameterError",
     "Patch",
     "PatchError",
     "PluginLoadError",
@@ -33,11 +44,14 @@ __all__ = [
     "UnknownAggregatorError",
     "ViewError",
     "__version__",
+    "generate",
     "get_aggregator",
     "get_registry",
     "hookimpl",
     "list_aggregators",
+    "load_adapter",
     "parse_camera",
     "patch_sampler",
     "resolve",
+    "run_multi_image",
 ]

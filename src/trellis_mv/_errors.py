@@ -1,10 +1,30 @@
-"""The exceptions trellis-mv raises. Each message names the culprit, what was expected and what came."""
+"""The exceptions trellis-mv raises. Each message names the culprit, what was expected and what came.
+
+Everything raised on purpose derives from :class:`TrellisMVError`; bad input is reported
+before any model work::
+
+    TrellisMVError
+    ├── ViewError (ValueError)          the views' conditioning, weights or cameras
+    │   └── ImageError                  an input image
+    ├── ParameterError (ValueError)     stages, sampler parameters, seed, num_samples, max_batch
+    ├── OutputError (OSError)           the output folder
+    ├── PatchError (RuntimeError)       a sampler that cannot be patched
+    ├── AggregatorError (RuntimeError)  an aggregator that breaks the protocol
+    │   └── AggregatorOptionError       an aggregator option (also a TypeError)
+    ├── UnknownAggregatorError (KeyError)
+    ├── PluginLoadError (ImportError)
+    └── ModelNotAvailable (ImportError) TRELLIS.2 / TRELLIS not importable
+"""
 
 from __future__ import annotations
 
 __all__ = [
     "AggregatorError",
     "AggregatorOptionError",
+    "ImageError",
+    "ModelNotAvailable",
+    "OutputError",
+    "ParameterError",
     "PatchError",
     "PluginLoadError",
     "TrellisMVError",
@@ -19,6 +39,18 @@ class TrellisMVError(Exception):
 
 class ViewError(TrellisMVError, ValueError):
     """The views' conditioning (or their weights) cannot be used as given."""
+
+
+class ImageError(ViewError):
+    """An input view cannot be used: unreadable, too large, no foreground, an unknown pixel mode."""
+
+
+class ParameterError(TrellisMVError, ValueError):
+    """A run parameter is unknown or out of range (a stage, a sampler parameter, a seed, ...)."""
+
+
+class OutputError(TrellisMVError, OSError):
+    """The output folder cannot be used as asked (a file, not writable, holds other files, ...)."""
 
 
 class PatchError(TrellisMVError, RuntimeError):
@@ -57,6 +89,10 @@ class UnknownAggregatorError(TrellisMVError, KeyError):
             f"unknown aggregator {self.name!r}; registered aggregators: {listed}. "
             "Install the distribution that provides it, or check `trellis-mv list`."
         )
+
+
+class ModelNotAvailable(TrellisMVError, ImportError):
+    """A model's code (TRELLIS.2, TRELLIS, or one of their extensions) cannot be imported; the message says how to install it."""
 
 
 class PluginLoadError(TrellisMVError, ImportError):

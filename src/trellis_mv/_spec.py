@@ -5,14 +5,17 @@ Nothing here runs; every name is documentation that the rest of the package impl
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import pluggy
 
 if TYPE_CHECKING:
     from ._step import Step
+    from .pipeline import MultiViewResult
 
-__all__ = ["Aggregator", "hookimpl", "hookspec"]
+__all__ = ["Adapter", "Aggregator", "hookimpl", "hookspec"]
 
 PROJECT = "trellis_mv"
 
@@ -77,6 +80,44 @@ class Aggregator(Protocol):
 
     def __call__(self, step: Step) -> Any:
         """Return the prediction for this step, shaped like ``step.x_t``."""
+        ...
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """A model as :func:`trellis_mv.run_multi_image` drives it: its stages, its views, one run, its files.
+
+    ``samplers`` maps each stage name, in order, to the sampler instance that stage uses;
+    the core patches each one with that stage's aggregator for the length of a run.
+    ``prepare`` turns the checked input images (RGB/RGBA PIL images, or what the adapter
+    accepts beside) into views; ``sample`` runs every stage once with the views'
+    conditioning stacked as the samplers' ``cond`` (one row per view, one negative row),
+    as TRELLIS.2's pipeline would for one image; ``export`` writes a result's files into a
+    folder and returns their names.
+
+    Optional attributes: ``name`` (shown in summaries), ``dialect`` (``"trellis2"``, the
+    default, or ``"trellis"``: which sampler parameters the stages take), ``stage_aliases``
+    (other spellings of stage names), ``default_params`` (per stage, for summaries) and
+    ``latent_frame`` (3x3: the object frame, x right, y up, z towards the front camera, in
+    the latent's axes; identity by default). The proxy adapter
+    (:class:`trellis_mv.proxy.ProxyPipeline`) is a complete example in about 100 lines.
+    """
+
+    @property
+    def samplers(self) -> Mapping[str, Any]:
+        """Stage name → its sampler instance, in the order the stages run."""
+        ...
+
+    def prepare(self, images: Sequence[Any]) -> list[Any]:
+        """The views as ``sample`` takes them (e.g. background removed, cropped)."""
+        ...
+
+    def sample(self, views: Sequence[Any], *, seed: int, num_samples: int, params: Mapping[str, Mapping[str, Any]]) -> Any:
+        """Run every stage once on the views; ``params`` are per-stage sampler parameters (checked)."""
+        ...
+
+    def export(self, result: MultiViewResult, folder: Path) -> list[str]:
+        """Write the result's files (mesh, pictures, ...) into ``folder``; return their names."""
         ...
 
 

@@ -1,26 +1,50 @@
 """The ``trellis-mv`` command: list aggregators, run the demo, generate from your views.
 
 ``--model proxy`` (the default) runs the embedded proxy model on the CPU; a hub id such as
-``microsoft/TRELLIS.2-4B`` or a local folder runs TRELLIS.2 (which must be importable).
+``microsoft/TRELLIS.2-4B`` or a local folder runs TRELLIS.2 or TRELLIS (whichever its
+``pipeline.json`` names; the package must be importable). Every model goes through the
+same run path (:func:`trellis_mv.generate`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from ._errors import TrellisMVError
+from ._errors import ParameterError, TrellisMVError, ViewError
 from ._registry import get_registry
-from .pipeline import parse_stage, parse_stage_values
+from ._views import parse_camera
+from .pipeline import generate, load_adapter, parse_stage, parse_stage_values
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "split_image_camera"]
 
-SAMPLER_PARAMS = ("steps", "guidance_strength", "guidance_rescale", "rescale_t", "guidance_interval")
-TRELLIS2_ONLY = ("pipeline_type", "max_num_tokens", "envmap")
-TRELLIS2_FLAGS = ("no_preprocess", "no_video")
+SAMPLER_PARAMS = ("steps", "guidance_strength", "guidance_rescale", "rescale_t", "guidance_interval",
+                  "cfg_strength", "cfg_interval")
+#: command-line flag -> (adapter option, value given when the flag is set)
+ADAPTER_FLAGS = {"pipeline_type": "pipeline_type", "max_num_tokens": "max_num_tokens", "envmap": "envmap",
+                 "no_preprocess": "preprocess", "no_video": "video"}
+
+
+def split_image_camera(text: str) -> tuple[str, Any]:
+    """``front.png@0`` or ``side.png@90,20`` into the path and its camera; a path alone has none.
+
+    Only a valid camera after the last ``@`` is split off, so ``img@2x.png`` stays a path.
+
+    >>> split_image_camera("side.png@90,20"), split_image_camera("img@2x.png")
+    (('side.png', Camera(azimuth=90.0, elevation=20.0)), ('img@2x.png', None))
+    """
+    path, sep, camera = text.rpartition("@")
+    if not sep or not path:
+        return text, None
+    try:
+        return path, parse_camera(camera)
+    except ViewError:
+        return text, None
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -39,21 +63,21 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 1 if reg.errors and args.strict else 0
 
 
-def _stage_choices(args: argparse.Namespace) -> dict[str, tuple[str, dict[str, Any]]]:
-    choices = {}
+def _run_options(args: argparse.Namespace, adapter: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`trellis_mv.run_multi_image` from the command line."""
+    stage_names = tuple(adapter.samplers)
+    aliases = getattr(adapter, "stage_aliases", None)
+    params: dict[str, dict[str, Any]] = {}
+    for name in SAMPLER_PARAMS:
+        for stage, value in parse_stage_values(getattr(args, name, None), stage_names, aliases).items():
+            params.setdefault(stage, {})[name] = value
+    stages = {}
     for item in args.stage or []:
         stage, name, options = parse_stage(item)
-        choices[stage] = (name, options)
-    return choices
-
-
-def _stage_params(args: argparse.Namespace, stage_names: Sequence[str], aliases: dict[str, str] | None = None
-                  ) -> dict[str, dict[str, Any]]:
-    params: dict[str, dict[str, Any]] = {s: {} for s in stage_names}
-    for name in SAMPLER_PARAMS:
-        for stage, value in parse_stage_values(getattr(args, name), stage_names, aliases).items():
-            params[stage][name] = value
-    return params
+        stages[stage] = (name, options)
+    return dict(mode=args.mode, stages=stages, seed=args.seed, params=params,
+                num_samples=getattr(args, "num_samples", 1), weights=getattr(args, "weights", None),
+                max_batch=getattr(args, "max_batch", None))
 
 
 def _report(summary: dict[str, Any], args: argparse.Namespace) -> None:
@@ -61,48 +85,41 @@ def _report(summary: dict[str, Any], args: argparse.Namespace) -> None:
         print(json.dumps(summary, indent=2, default=str))
         return
     stages = ", ".join(f"{s}={a}" for s, a in summary.get("aggregators", {}).items())
-    calls = summary.get("model_calls", {})
-    seconds = summary.get("seconds", {})
+    cost = summary.get("cost", {})
     print(f"wrote {', '.join(summary.get('outputs', []))} to {summary.get('out_dir')}")
-    print(f"{summary.get('num_views')} views; aggregators: {stages}; model calls: {calls.get('total', calls)}; "
-          f"{seconds.get('total', '?')} s")
+    print(f"{summary.get('num_views')} views; aggregators: {stages}; model forwards: {cost.get('model_forwards', '?')}; "
+          f"{summary.get('seconds', {}).get('total', '?')} s")
 
 
-def _generate_proxy(args: argparse.Namespace) -> dict[str, Any]:
-    from . import proxy
-
-    given = [f"--{k.replace('_', '-')}" for k in TRELLIS2_ONLY if getattr(args, k) is not None]
-    given += [f"--{k.replace('_', '-')}" for k in TRELLIS2_FLAGS if getattr(args, k)]
-    if given:
+def _adapter_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = {}
+    for flag, option in ADAPTER_FLAGS.items():
+        value = getattr(args, flag, None)
+        if flag.startswith("no_"):
+            if value:
+                options[option] = False
+        elif value is not None:
+            options[option] = value
+    if args.model == "proxy" and options:
+        given = [f"--{f.replace('_', '-')}" for f in ADAPTER_FLAGS if ADAPTER_FLAGS[f] in options]
         verb = "applies" if len(given) == 1 else "apply"
-        raise TrellisMVError(f"{', '.join(given)} {verb} to TRELLIS.2 models only; --model proxy has the stages "
-                             f"{', '.join(proxy.STAGES)} and none of these options")
-    params = _stage_params(args, proxy.STAGES)
-    return proxy.generate(
-        args.images, args.out, mode=args.mode, stages=_stage_choices(args), seed=args.seed,
-        num_samples=args.num_samples, weights=args.weights, max_batch=args.max_batch, params=params,
-        verbose=not args.quiet,
-    )
-
-
-def _generate_trellis2(args: argparse.Namespace) -> dict[str, Any]:
-    from .integrations import trellis2
-
-    params = _stage_params(args, trellis2.STAGES, trellis2.STAGE_ALIASES)
-    return trellis2.generate(
-        args.images, args.out, model=args.model, mode=args.mode, stages=_stage_choices(args),
-        pipeline_type=args.pipeline_type or "1024_cascade", seed=args.seed, num_samples=args.num_samples,
-        weights=args.weights, max_batch=args.max_batch, preprocess_image=not args.no_preprocess,
-        max_num_tokens=args.max_num_tokens or 49152,
-        sparse_structure_sampler_params=params["sparse_structure"] or None,
-        shape_slat_sampler_params=params["shape"] or None,
-        tex_slat_sampler_params=params["texture"] or None,
-        video=not args.no_video, envmap=args.envmap,
-    )
+        raise ParameterError(f"{', '.join(given)} {verb} to TRELLIS.2 / TRELLIS models only, not to --model proxy")
+    return options
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    summary = _generate_proxy(args) if args.model == "proxy" else _generate_trellis2(args)
+    pairs = [split_image_camera(item) for item in args.images]
+    images = [p for p, _ in pairs]
+    cameras = [c for _, c in pairs] if any(c is not None for _, c in pairs) else None
+    options = _adapter_options(args)
+    from ._outputs import check_output
+
+    check_output(args.out, overwrite=args.overwrite)  # before loading any model
+    adapter = load_adapter(args.model, device=args.device, **options)
+    if hasattr(adapter, "verbose"):
+        adapter.verbose = not args.quiet
+    summary = generate(adapter, images, args.out, overwrite=args.overwrite, cameras=cameras,
+                       **_run_options(args, adapter))
     _report(summary, args)
     return 0
 
@@ -110,17 +127,21 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import proxy
 
-    summary = proxy.demo(
-        args.out, num_views=args.views, mode=args.mode, stages=_stage_choices(args), seed=args.seed,
-        params=_stage_params(args, proxy.STAGES), verbose=not args.quiet,
-    )
+    adapter = load_adapter("proxy", device=args.device)
+    adapter.verbose = not args.quiet
+    run = _run_options(args, adapter)
+    summary = proxy.demo(args.out, num_views=args.views, overwrite=args.overwrite, adapter=adapter, **run)
     _report(summary, args)
     return 0
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --out (otherwise a folder that holds files is refused)")
+    p.add_argument("--device", default=None, help="torch device (default: cpu for the proxy, CUDA if present otherwise)")
     p.add_argument("--mode", default="multidiffusion", metavar="AGGREGATOR[:k=v,...]",
-                   help="aggregator of every stage not named by --stage (default: multidiffusion); see `trellis-mv list`")
+                   help="aggregator of every stage not named by --stage (default: multidiffusion); see `trellis-mv list`. "
+                        "A list value is written [1, 2] or 1;2, e.g. 'weighted:schedule=[(1.0, [3, 1, 1]), (0.0, [1, 1, 1])]'")
     p.add_argument("--stage", action="append", default=[], metavar="STAGE=AGGREGATOR[:k=v,...]",
                    help="aggregator of one stage, e.g. texture=single:view=0 (repeatable)")
     p.add_argument("--seed", type=int, default=42)
@@ -136,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list the registered aggregators and their distributions")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed to load")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed to load or to build")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("demo", help="multi-view generation on the bundled example views (proxy model, CPU)")
@@ -146,36 +167,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("generate", help="3D from several views of one object")
-    p.add_argument("--images", nargs="+", required=True, help="one image per view")
+    p.add_argument("--images", nargs="+", required=True, metavar="IMAGE[@CAMERA]",
+                   help="one image per view; a camera may follow '@': front, right, back, left, top, AZIMUTH or "
+                        "AZIMUTH,ELEVATION in degrees (e.g. side.png@90 or top.png@0,60)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default="proxy",
-                   help="'proxy' (embedded, CPU), or a TRELLIS.2 hub id / local folder, e.g. microsoft/TRELLIS.2-4B")
+                   help="'proxy' (embedded, CPU), or a TRELLIS.2 / TRELLIS hub id or local folder, e.g. microsoft/TRELLIS.2-4B")
     _add_run_options(p)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per view")
     p.add_argument("--max-batch", type=int, default=None, help="at most this many latent rows per model forward")
     g = p.add_argument_group("TRELLIS.2 only")
     g.add_argument("--pipeline-type", choices=["512", "1024", "1024_cascade", "1536_cascade"], default=None,
-                   help="default 1024_cascade")
+                   help="default: the pipeline's own (1024_cascade)")
     g.add_argument("--max-num-tokens", type=int, default=None, help="token budget of the cascade (default 49152)")
-    g.add_argument("--no-preprocess", action="store_true", help="images are already cropped and matted")
     g.add_argument("--envmap", default=None, help="HDR/EXR environment map for the turntable video")
     g.add_argument("--no-video", action="store_true", help="skip the turntable MP4")
+    g = p.add_argument_group("TRELLIS.2 and TRELLIS")
+    g.add_argument("--no-preprocess", action="store_true", help="images are already cropped and matted")
     p.set_defaults(func=_cmd_generate)
     return parser
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends a run as Ctrl-C does: cleanly, leaving no partial output."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except (TrellisMVError, ValueError, OSError, ImportError) as exc:
         # bad input or a missing dependency: the message says what and how to fix it
         print(f"trellis-mv: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("trellis-mv: interrupted", file=sys.stderr)
+        print("trellis-mv: interrupted; nothing was written", file=sys.stderr)
         return 130
 
 

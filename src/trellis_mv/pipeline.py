@@ -1,27 +1,53 @@
-"""Multi-view runs over a whole pipeline: one aggregator per stage, every stage sampler patched at once.
+"""The one run path: any model adapter, several views, one aggregator per stage.
 
-A pipeline adapter is anything with ``samplers`` (stage name → sampler instance; each
-stage its own instance) and ``run(images, **kwargs)``. The proxy model
-(:mod:`trellis_mv.proxy`) and the TRELLIS.2 / TRELLIS integrations
-(:mod:`trellis_mv.integrations`) provide one.
+An *adapter* (:class:`~trellis_mv.Adapter`) says what a model's stages and samplers
+are, how images become views, how one generation runs and how its result is written.
+The embedded proxy (:class:`trellis_mv.proxy.ProxyPipeline`), TRELLIS.2
+(:class:`trellis_mv.integrations.trellis2.Trellis2Adapter`) and TRELLIS
+(:class:`trellis_mv.integrations.trellis.TrellisAdapter`) are three adapters.
+:func:`run_multi_image` checks everything before any model work, patches every stage's
+sampler with its aggregator, runs the adapter and restores the samplers;
+:func:`generate` does the same and writes the outputs atomically.
+
+>>> import tempfile, trellis_mv
+>>> adapter = trellis_mv.load_adapter("proxy")
+>>> images = trellis_mv.proxy.example_images()[:2]
+>>> result = trellis_mv.run_multi_image(adapter, images, stages={"texture": "single:view=0"}, seed=1,
+...                                     params={"sparse_structure": {"steps": 4}, "texture": {"steps": 4}})
+>>> {stage: agg.name for stage, agg in result.aggregators.items()}
+{'sparse_structure': 'multidiffusion', 'texture': 'single'}
+>>> result.cost()["stages"]["sparse_structure"]["model_forwards"]      # views and negative in one forward
+4
 """
 
 from __future__ import annotations
 
-import ast
+import json
+import os
+import threading
+import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from ._errors import PatchError
-from ._patch import Patch, patch_sampler
-from ._registry import get_aggregator
-from ._spec import Aggregator
+from ._errors import ParameterError
+from ._images import load_images
+from ._outputs import MARKER, check_output, output_folder
+from ._params import DIALECTS, check_int, check_sampler_params, check_seed
+from ._patch import Patch, check_views, patch_sampler
+from ._registry import Registry, parse_aggregator, parse_value, resolve
+from ._spec import Adapter, Aggregator
+from ._views import Camera, normalise_cameras, normalise_weights
 
 __all__ = [
-    "MultiViewPipeline",
+    "MultiViewResult",
     "StageSpec",
     "canonical_stage",
+    "generate",
+    "load_adapter",
     "parse_aggregator",
     "parse_stage",
     "parse_stage_values",
@@ -31,51 +57,11 @@ __all__ = [
     "run_multi_image",
 ]
 
-#: How a stage's aggregator is given: a registered name, ``(name, options)``, or an instance.
+#: How a stage's aggregator is given: a registered name, ``"name:option=value,..."``, ``(name, options)``, or an instance.
 StageSpec = str | tuple[str, Mapping[str, Any]] | Aggregator
 
 
-class MultiViewPipeline(Protocol):
-    """What :func:`run_multi_image` needs from a pipeline adapter."""
-
-    @property
-    def samplers(self) -> Mapping[str, Any]:
-        """Stage name → the sampler instance that stage uses."""
-        ...
-
-    def run(self, images: Sequence[Any], **kwargs: Any) -> Any:
-        """Run every stage with all views' conditioning stacked as ``cond``."""
-        ...
-
-
-def parse_value(text: str) -> Any:
-    """A command-line option value: a Python literal, true/false/none, or else the bare word.
-
-    >>> parse_value("3"), parse_value("(0.1, 0.9)"), parse_value("true"), parse_value("random")
-    (3, (0.1, 0.9), True, 'random')
-    """
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
-def parse_aggregator(text: str) -> tuple[str, dict[str, Any]]:
-    """Parse ``AGGREGATOR[:OPTION=VALUE,...]``.
-
-    >>> parse_aggregator("stochastic:order=random,seed=3")
-    ('stochastic', {'order': 'random', 'seed': 3})
-    """
-    name, _, opts = text.partition(":")
-    if not name.strip():
-        raise ValueError(f"no aggregator name in {text!r}; expected AGGREGATOR[:OPTION=VALUE,...]")
-    options: dict[str, Any] = {}
-    for item in filter(None, (o.strip() for o in opts.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"option {item!r} in {text!r} is not OPTION=VALUE")
-        options[key.strip()] = parse_value(value.strip())
-    return name.strip(), options
+# -- command-line spellings ---------------------------------------------------------------------
 
 
 def parse_stage(text: str) -> tuple[str, str, dict[str, Any]]:
@@ -86,7 +72,7 @@ def parse_stage(text: str) -> tuple[str, str, dict[str, Any]]:
     """
     stage, sep, rest = text.partition("=")
     if not sep or not stage.strip() or not rest.strip():
-        raise ValueError(f"expected STAGE=AGGREGATOR[:OPTION=VALUE,...], e.g. shape=multidiffusion; got {text!r}")
+        raise ParameterError(f"expected STAGE=AGGREGATOR[:OPTION=VALUE,...], e.g. shape=multidiffusion; got {text!r}")
     return (stage.strip(), *parse_aggregator(rest))
 
 
@@ -112,14 +98,21 @@ def parse_stage_values(
 
 
 def canonical_stage(name: str, stage_names: Sequence[str], aliases: Mapping[str, str] | None = None) -> str:
-    """A stage name as the pipeline spells it (case, ``-``/``_`` and ``aliases`` forgiven)."""
-    key = name.strip().lower().replace("-", "_")
+    """A stage name as the adapter spells it (case, ``-``/``_`` and ``aliases`` forgiven)."""
+    key = str(name).strip().lower().replace("-", "_")
     key = (aliases or {}).get(key, key)
     if key not in stage_names:
         known = ", ".join(stage_names)
         extra = f" (or {', '.join(sorted(aliases))})" if aliases else ""
-        raise PatchError(f"unknown stage {name!r}; this pipeline's stages are: {known}{extra}")
+        raise ParameterError(f"unknown stage {name!r}; this model's stages are: {known}{extra}")
     return key
+
+
+# -- planning -------------------------------------------------------------------------------------
+
+
+def _stages(adapter: Adapter) -> tuple[str, ...]:
+    return tuple(adapter.samplers)
 
 
 def plan_stages(
@@ -127,31 +120,19 @@ def plan_stages(
     mode: StageSpec = "multidiffusion",
     stages: Mapping[str, StageSpec] | None = None,
     aliases: Mapping[str, str] | None = None,
+    *,
+    registry: Registry | None = None,
 ) -> dict[str, Aggregator]:
-    """One aggregator per stage: ``stages`` where given, ``mode`` elsewhere.
-
-    A spec is a registered name, ``"name:option=value,..."``, ``(name, options)`` or an instance.
+    """One aggregator per stage: ``stages`` where given, ``mode`` elsewhere (:func:`trellis_mv.resolve` each).
 
     >>> plan = plan_stages(["sparse_structure", "texture"], "stochastic", {"texture": "single:view=0"})
     >>> {k: v.name for k, v in plan.items()}
     {'sparse_structure': 'stochastic', 'texture': 'single'}
     """
+    if stages is not None and not isinstance(stages, Mapping):
+        raise ParameterError(f"stages must be a dict of stage: aggregator; got stages={stages!r}")
     chosen = {canonical_stage(k, stage_names, aliases): v for k, v in (stages or {}).items()}
-    return {name: _build(chosen.get(name, mode)) for name in stage_names}
-
-
-def _build(spec: StageSpec) -> Aggregator:
-    if isinstance(spec, str):
-        name, options = parse_aggregator(spec)
-        return get_aggregator(name, **options)
-    if isinstance(spec, tuple):
-        name, options = spec
-        return get_aggregator(name, **dict(options))
-    if not isinstance(spec, Aggregator):
-        raise PatchError(
-            f"expected a registered name, 'name:option=value,...', (name, options) or an aggregator instance; got {spec!r}"
-        )
-    return spec
+    return {name: resolve(chosen.get(name, mode), registry=registry) for name in stage_names}
 
 
 @contextmanager
@@ -161,6 +142,9 @@ def patch_stages(
     *,
     weights: Sequence[float] | None = None,
     max_batch: int | None = None,
+    cameras: Sequence[Any] | None = None,
+    frame: Any = None,
+    registry: Registry | None = None,
 ) -> Iterator[dict[str, Patch]]:
     """Patch every stage's sampler with its aggregator; all are restored on exit.
 
@@ -170,46 +154,272 @@ def patch_stages(
     groups: dict[int, list[str]] = {}
     for stage in aggregators:
         groups.setdefault(id(samplers[stage]), []).append(stage)
-    built = {stage: _build(spec) for stage, spec in aggregators.items()}
+    built = {stage: resolve(spec, registry=registry) for stage, spec in aggregators.items()}
     with ExitStack() as stack:
         patches: dict[str, Patch] = {}
         for group in groups.values():
             first = built[group[0]]
             for other in group[1:]:
                 if repr(built[other]) != repr(first) or built[other].name != first.name:
-                    raise PatchError(
+                    raise ParameterError(
                         f"stages {group[0]!r} and {other!r} share one sampler instance, so they need the same "
                         "aggregator; give them the same one, or give each stage its own sampler"
                     )
-            patch = stack.enter_context(
-                patch_sampler(samplers[group[0]], first, weights=weights, stage="+".join(group), max_batch=max_batch)
-            )
+            patch = stack.enter_context(patch_sampler(
+                samplers[group[0]], first, weights=weights, stage="+".join(group), max_batch=max_batch,
+                cameras=cameras, frame=frame,
+            ))
             patches.update(dict.fromkeys(group, patch))
         yield patches
 
 
+@dataclass
+class _Plan:
+    views: list[Any]
+    aggregators: dict[str, Aggregator]
+    params: dict[str, dict[str, Any]]
+    weights: tuple[float, ...] | None
+    cameras: tuple[Camera | None, ...] | None
+    seed: int
+    num_samples: int
+    max_batch: int | None
+
+
+def _plan(
+    adapter: Adapter, images: Sequence[Any], *, mode: StageSpec, stages: Mapping[str, StageSpec] | None,
+    weights: Sequence[float] | None, max_batch: int | None, params: Mapping[str, Any] | None, seed: int,
+    num_samples: int, cameras: Sequence[Any] | None, registry: Registry | None,
+) -> _Plan:
+    """Every check of a run, in one place, before any model work."""
+    names = _stages(adapter)
+    aliases = getattr(adapter, "stage_aliases", None) or {}
+    dialect = getattr(adapter, "dialect", "trellis2")
+    if dialect not in DIALECTS:
+        raise ParameterError(f"adapter {adapter!r} has dialect {dialect!r}; expected one of {', '.join(DIALECTS)}")
+    seed = check_seed(seed)
+    num_samples = check_int("num_samples", num_samples, 1)
+    if max_batch is not None:
+        max_batch = check_int("max_batch", max_batch, 1)
+        if max_batch < num_samples:
+            raise ParameterError(
+                f"max_batch={max_batch} is smaller than num_samples={num_samples}: one forward holds every sample "
+                "of a view, so raise max_batch or lower num_samples"
+            )
+    if params is not None and not isinstance(params, Mapping):
+        raise ParameterError(f"params must be a dict of stage: {{parameter: value}}; got params={params!r}")
+    checked: dict[str, dict[str, Any]] = {}
+    for stage, values in (params or {}).items():
+        key = canonical_stage(stage, names, aliases)
+        checked[key] = {**checked.get(key, {}), **check_sampler_params(key, values, dialect)}
+    views = load_images(images)
+    n = len(views)
+    norm_weights = normalise_weights(weights, n) if weights is not None else None
+    norm_cameras = normalise_cameras(cameras, n)
+    aggregators = plan_stages(names, mode, stages, aliases, registry=registry)
+    for agg in aggregators.values():
+        check_views(agg, n, norm_cameras or ())
+    return _Plan(views, aggregators, checked, norm_weights, norm_cameras, seed, num_samples, max_batch)
+
+
+# -- running --------------------------------------------------------------------------------------
+
+
+@dataclass
+class MultiViewResult:
+    """What :func:`run_multi_image` returns.
+
+    :ivar output: what the adapter's ``sample`` returned (proxy: a
+        :class:`~trellis_mv.proxy.ProxyResult`; TRELLIS.2: meshes and latents).
+    :ivar adapter: the adapter that ran.
+    :ivar views: the views as the adapter prepared them.
+    :ivar aggregators: ``{stage: aggregator}``.
+    :ivar patches: ``{stage: Patch}``: forwards, rows, per-step records and diagnostics.
+    :ivar params: the sampler parameters given per stage (the adapter's defaults apply elsewhere).
+    :ivar seconds: wall-clock time of sampling.
+    """
+
+    output: Any
+    adapter: Any
+    views: list[Any]
+    aggregators: dict[str, Aggregator]
+    patches: dict[str, Patch]
+    params: dict[str, dict[str, Any]]
+    seed: int
+    num_samples: int
+    weights: tuple[float, ...] | None = None
+    cameras: tuple[Camera | None, ...] | None = None
+    seconds: float = 0.0
+    inputs: list[str] = field(default_factory=list)
+
+    def cost(self) -> dict[str, Any]:
+        """Per stage: aggregator, sampling runs, steps, model forwards and latent rows; and the seconds."""
+        stages = {
+            stage: {"aggregator": p.name, "sampling_runs": p.runs, "steps": len(p.records),
+                    "model_forwards": p.model_calls, "latent_rows": p.batch_rows}
+            for stage, p in self.patches.items()
+        }
+        return {"stages": stages, "model_forwards": sum(s["model_forwards"] for s in stages.values()),
+                "seconds": round(self.seconds, 3)}
+
+    def summary(self) -> dict[str, Any]:
+        """What ``summary.json`` holds (without the file list)."""
+        from . import __version__
+
+        defaults = getattr(self.adapter, "default_params", {}) or {}
+        return {
+            MARKER: __version__,
+            "model": getattr(self.adapter, "name", type(self.adapter).__name__),
+            "images": self.inputs,
+            "num_views": len(self.views),
+            "cameras": [list(c) if c else None for c in self.cameras] if self.cameras else None,
+            "seed": self.seed,
+            "num_samples": self.num_samples,
+            "weights": list(self.weights) if self.weights else None,
+            "aggregators": {s: a.name for s, a in self.aggregators.items()},
+            "aggregator_options": {s: repr(a) for s, a in self.aggregators.items()},
+            "params": {s: {**dict(defaults.get(s, {})), **self.params.get(s, {})} for s in self.aggregators},
+            "cost": self.cost(),
+        }
+
+
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock(adapter: Any) -> threading.Lock:
+    """One lock per adapter: concurrent runs on one model (an app's users) wait their turn."""
+    with _LOCKS_GUARD:
+        try:
+            return _LOCKS.setdefault(adapter, threading.Lock())
+        except TypeError:  # not weak-referenceable: a lock of its own each time
+            return threading.Lock()
+
+
 def run_multi_image(
-    pipeline: MultiViewPipeline,
+    adapter: Adapter,
     images: Sequence[Any],
     *,
     mode: StageSpec = "multidiffusion",
     stages: Mapping[str, StageSpec] | None = None,
     weights: Sequence[float] | None = None,
     max_batch: int | None = None,
-    **kwargs: Any,
-) -> tuple[Any, dict[str, Patch]]:
-    """Run ``pipeline`` on several views of one object.
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = 42,
+    num_samples: int = 1,
+    cameras: Sequence[Any] | None = None,
+    registry: Registry | None = None,
+) -> MultiViewResult:
+    """One generation of ``adapter`` steered by several views of one object.
 
-    :param mode: the aggregator for every stage not named in ``stages``.
-    :param stages: per-stage aggregators, e.g. ``{"texture": ("single", {"view": 0})}``.
+    Every argument is checked before any model work (:class:`~trellis_mv.ParameterError`,
+    :class:`~trellis_mv.ImageError`, ...). Concurrent calls on one adapter run one at a time.
+
+    :param adapter: the model (:func:`load_adapter`).
+    :param images: one view each: a path, a PIL image (any mode Pillow reads), or what the
+        adapter accepts beside (e.g. the proxy's ``[3, 64, 64]`` tensors).
+    :param mode: the aggregator of every stage not named in ``stages``.
+    :param stages: per-stage aggregators, e.g. ``{"texture": "single:view=0"}``.
     :param weights: one weight per view, for aggregators that honour weights.
-    :param max_batch: at most this many latent rows per model forward.
-    :param kwargs: passed to ``pipeline.run``.
-    :returns: what ``pipeline.run`` returns, and the :class:`~trellis_mv.Patch` of each stage.
+    :param max_batch: at most this many latent rows per model forward (at least ``num_samples``).
+    :param params: per-stage sampler parameters in the adapter's dialect, e.g.
+        ``{"shape": {"steps": 12}}``; what is not given keeps the adapter's defaults.
+    :param seed: the noise seed. :param num_samples: samples drawn at once.
+    :param cameras: one camera per view (``"front"``, ``"90,20"``, ``(az, el)`` or None),
+        for aggregators that use them (``step.cameras``).
+    :param registry: where aggregator names are looked up (default: the installed plugins).
     """
-    if not images:
-        raise ValueError("no views: give at least one image")
-    plan = plan_stages(list(pipeline.samplers), mode, stages)
-    with patch_stages(pipeline.samplers, plan, weights=weights, max_batch=max_batch) as patches:
-        result = pipeline.run(images, **kwargs)
-    return result, patches
+    plan = _plan(adapter, images, mode=mode, stages=stages, weights=weights, max_batch=max_batch, params=params,
+                 seed=seed, num_samples=num_samples, cameras=cameras, registry=registry)
+    with _lock(adapter):
+        views = adapter.prepare(plan.views)
+        start = time.perf_counter()
+        with patch_stages(adapter.samplers, plan.aggregators, weights=plan.weights, max_batch=plan.max_batch,
+                          cameras=plan.cameras, frame=getattr(adapter, "latent_frame", None)) as patches:
+            output = adapter.sample(views, seed=plan.seed, num_samples=plan.num_samples, params=plan.params)
+        seconds = time.perf_counter() - start
+    inputs = [str(im) if isinstance(im, (str, os.PathLike)) else f"view {i}" for i, im in enumerate(images)]
+    return MultiViewResult(output=output, adapter=adapter, views=list(views), aggregators=plan.aggregators,
+                           patches=patches, params=plan.params, seed=plan.seed, num_samples=plan.num_samples,
+                           weights=plan.weights, cameras=plan.cameras, seconds=seconds, inputs=inputs)
+
+
+def generate(
+    adapter: Adapter,
+    images: Sequence[Any],
+    out_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    **run: Any,
+) -> dict[str, Any]:
+    """:func:`run_multi_image`, then the adapter's files, ``diagnostics.npz`` and ``summary.json`` in ``out_dir``.
+
+    Nothing is written unless everything succeeds: the files are made in a staging folder on
+    ``out_dir``'s filesystem and moved into place at the end (an exception, Ctrl-C or
+    SIGTERM leaves ``out_dir`` as it was). A folder holding an earlier run is refused
+    unless ``overwrite``, which replaces its whole content; a folder holding files that
+    trellis-mv did not write is never overwritten.
+
+    :param run: the keyword arguments of :func:`run_multi_image`.
+    :returns: the summary, also written as ``summary.json``; ``outputs`` lists the files.
+    """
+    check_output(out_dir, overwrite=overwrite)
+    start = time.perf_counter()
+    with output_folder(out_dir, overwrite=overwrite) as staging:
+        result = run_multi_image(adapter, images, **run)
+        files = list(adapter.export(result, staging))
+        files += _save_diagnostics(result, staging)
+        summary = result.summary()
+        summary["seconds"] = {"sampling": round(result.seconds, 3), "total": round(time.perf_counter() - start, 3)}
+        summary["outputs"] = sorted({*files, "summary.json"})
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    summary["out_dir"] = str(out_dir)
+    return summary
+
+
+def _save_diagnostics(result: MultiViewResult, folder: Path) -> list[str]:
+    """Tensors the aggregators recorded (``step.record``), per stage, as ``diagnostics.npz``."""
+    import numpy as np
+    import torch
+
+    arrays = {}
+    for stage, patch in result.patches.items():
+        for key, value in patch.diagnostics.items():
+            values = getattr(value, "feats", value)
+            if isinstance(values, torch.Tensor):
+                arrays[f"{stage}/{key}"] = values.detach().float().cpu().numpy()
+    if not arrays:
+        return []
+    np.savez_compressed(folder / "diagnostics.npz", **arrays)
+    return ["diagnostics.npz"]
+
+
+# -- adapters -------------------------------------------------------------------------------------
+
+
+def load_adapter(model: str = "proxy", *, device: str | None = None, **options: Any) -> Adapter:
+    """The adapter of a model: ``"proxy"`` (embedded, CPU), or a TRELLIS.2 / TRELLIS hub id or local folder.
+
+    Which of TRELLIS.2 and TRELLIS a hub id or folder holds is read from its
+    ``pipeline.json``. ``options`` go to the adapter (e.g. TRELLIS.2's ``pipeline_type``).
+
+    >>> load_adapter("proxy").name
+    'proxy'
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise ParameterError(f"model must be 'proxy', a hub id or a model folder; got model={model!r}")
+    if model == "proxy":
+        from .proxy import ProxyPipeline
+
+        return ProxyPipeline(device=device or "cpu", **options)
+    from .integrations._base import pipeline_name
+
+    kind = pipeline_name(model)
+    if kind == "Trellis2ImageTo3DPipeline":
+        from .integrations.trellis2 import Trellis2Adapter
+
+        return Trellis2Adapter.load(model, device=device, **options)
+    if kind == "TrellisImageTo3DPipeline":
+        from .integrations.trellis import TrellisAdapter
+
+        return TrellisAdapter.load(model, device=device, **options)
+    raise ParameterError(f"{model}'s pipeline.json names {kind!r}; trellis-mv runs TRELLIS.2 and TRELLIS image-to-3D pipelines")

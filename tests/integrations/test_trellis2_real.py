@@ -7,6 +7,7 @@ importable. The models are TRELLIS.2's classes at a tiny size with random weight
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any, ClassVar
 
 import pytest
@@ -19,8 +20,14 @@ from trellis_mv.integrations import trellis2 as T2
 AGGREGATORS = [info.name for info in trellis_mv.list_aggregators()]
 
 
+def run2(pipe: Any, images: Any, *, pipeline_type: str | None = None, max_num_tokens: int = 49152, **kw: Any) -> Any:
+    """One multi-view run through the core's run path with the TRELLIS.2 adapter."""
+    adapter = T2.Trellis2Adapter(pipe, pipeline_type=pipeline_type, max_num_tokens=max_num_tokens)
+    return trellis_mv.run_multi_image(adapter, images, **kw)
+
+
 def _latents(out: Any) -> tuple[Any, Any, int]:
-    return out[1] if isinstance(out, tuple) else out.latents
+    return out[1] if isinstance(out, tuple) else out.output[1]
 
 
 def assert_same_latents(a: tuple[Any, Any, int], b: tuple[Any, Any, int], atol: float) -> None:
@@ -37,12 +44,11 @@ def test_one_view_reproduces_the_unpatched_pipeline(trellis2: Any, aggregator: s
     pipe = tiny_pipeline()
     image = views(1)
     reference = pipe.run(image[0], seed=3, pipeline_type=pipeline_type, return_latent=True)
-    result = T2.run_multi_image(pipe, image, mode=aggregator, seed=3, pipeline_type=pipeline_type,
-                                return_latent=True)
+    result = run2(pipe, image, mode=aggregator, seed=3, pipeline_type=pipeline_type)
     # selecting aggregators call the sampler itself: bit for bit; fusing ones batch the
     # negative with the view in one forward, which moves float32 rounding only
     exact = aggregator in ("stochastic", "single")
-    assert_same_latents(result.latents, _latents(reference), atol=0 if exact else 1e-4)
+    assert_same_latents(_latents(result), _latents(reference), atol=0 if exact else 1e-4)
     assert result.patches["shape"].runs == (2 if "cascade" in pipeline_type else 1)
     assert "sample" not in vars(pipe.shape_slat_sampler)  # restored
     assert "get_cond" not in vars(pipe)
@@ -58,7 +64,7 @@ def test_get_cond_sees_every_view_and_one_negative(trellis2: Any) -> None:
         return original(model, noise, cond, neg_cond, **kw)
 
     pipe.shape_slat_sampler.sample = spy
-    T2.run_multi_image(pipe, views(3), pipeline_type="1024_cascade")
+    run2(pipe, views(3), pipeline_type="1024_cascade")
     assert seen == [(3, 1), (3, 1)]  # both cascade passes, 512-px then 1024-px tokens
     assert pipe.image_cond_model.calls == [(3, 512), (3, 1024)]
 
@@ -66,12 +72,11 @@ def test_get_cond_sees_every_view_and_one_negative(trellis2: Any) -> None:
 @pytest.mark.parametrize("aggregator", AGGREGATORS)
 def test_views_and_samples_batch_through_sparse_tensors(trellis2: Any, aggregator: str) -> None:
     pipe = tiny_pipeline()
-    result = T2.run_multi_image(pipe, views(3), mode=aggregator, num_samples=2, pipeline_type="1024_cascade",
-                                return_latent=True)
-    shape, tex, _ = result.latents
+    result = run2(pipe, views(3), mode=aggregator, num_samples=2, pipeline_type="1024_cascade")
+    shape, tex, _ = _latents(result)
     assert shape.shape[0] == tex.shape[0] == 2
     assert torch.isfinite(shape.feats).all() and torch.isfinite(tex.feats).all()
-    stats = result.summary()["stages"]
+    stats = result.cost()["stages"]
     if aggregator == "multidiffusion":
         # one forward per step: 3 views x 2 samples, plus the negative where guidance needs it
         per_step = {r.rows for r in result.patches["texture"].records}
@@ -81,10 +86,9 @@ def test_views_and_samples_batch_through_sparse_tensors(trellis2: Any, aggregato
 
 def test_per_stage_aggregators_and_sampler_params(trellis2: Any) -> None:
     pipe = tiny_pipeline()
-    result = T2.run_multi_image(
+    result = run2(
         pipe, views(2), mode="multidiffusion", stages={"texture": "single:view=1", "ss": "stochastic"},
-        pipeline_type="512", sparse_structure_sampler_params={"steps": 3},
-        shape_slat_sampler_params={"steps": 2, "guidance_strength": 1.0},
+        pipeline_type="512", params={"sparse_structure": {"steps": 3}, "shape": {"steps": 2, "guidance_strength": 1.0}},
     )
     assert {s: p.name for s, p in result.patches.items()} == {
         "sparse_structure": "stochastic", "shape": "multidiffusion", "texture": "single"}
@@ -98,10 +102,9 @@ def test_per_stage_aggregators_and_sampler_params(trellis2: Any) -> None:
 def test_token_budget_fallback_is_the_pipelines_own(trellis2: Any, capsys: Any) -> None:
     pipe = tiny_pipeline()
     reference = pipe.run(views(1)[0], pipeline_type="1536_cascade", max_num_tokens=100, return_latent=True)
-    result = T2.run_multi_image(pipe, views(1), pipeline_type="1536_cascade", max_num_tokens=100,
-                                mode="single", return_latent=True)
-    assert result.latents[2] == _latents(reference)[2] == 1024
-    assert_same_latents(result.latents, _latents(reference), atol=0)
+    result = run2(pipe, views(1), pipeline_type="1536_cascade", max_num_tokens=100, mode="single")
+    assert _latents(result)[2] == _latents(reference)[2] == 1024
+    assert_same_latents(_latents(result), _latents(reference), atol=0)
     assert "resolution is reduced to 1024" in capsys.readouterr().out
 
 
@@ -157,9 +160,9 @@ def test_multidiffusion_equals_the_design_formula(trellis2: Any) -> None:
 @pytest.mark.parametrize("aggregator", ["multidiffusion", "stochastic"])
 def test_identical_views_give_the_single_view_result_for_fusing_aggregators(trellis2: Any, aggregator: str) -> None:
     pipe = tiny_pipeline()
-    one = T2.run_multi_image(pipe, views(1), mode=aggregator, pipeline_type="512", return_latent=True)
-    three = T2.run_multi_image(pipe, views(1) * 3, mode=aggregator, pipeline_type="512", return_latent=True)
-    assert_same_latents(three.latents, one.latents, atol=1e-4)
+    one = run2(pipe, views(1), mode=aggregator, pipeline_type="512")
+    three = run2(pipe, views(1) * 3, mode=aggregator, pipeline_type="512")
+    assert_same_latents(_latents(three), _latents(one), atol=1e-4)
 
 
 # -- bad input: clear errors before any model work -------------------------------------------
@@ -170,28 +173,43 @@ class _NoModelWork:
 
     models: ClassVar[dict[str, None]] = dict.fromkeys(T2.required_models("1024_cascade"))
     default_pipeline_type = "1024_cascade"
+    sparse_structure_sampler, shape_slat_sampler, tex_slat_sampler = object(), object(), object()
 
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"pipeline.{name} used before the arguments were checked")
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"shape_slat_sampler_params": {"steps": 0}}, "steps must be an integer >= 1"),
-    ({"sparse_structure_sampler_params": {"guidance_rescale": 1.5}}, "must be in [0, 1]"),
-    ({"tex_slat_sampler_params": {"rescale_t": -1}}, "rescale_t must be a number > 0"),
-    ({"tex_slat_sampler_params": {"guidance_interval": (0.9, 0.1)}}, "0 <= lo <= hi <= 1"),
-    ({"shape_slat_sampler_params": {"cfg_strength": 3}}, "TRELLIS.2 uses guidance_strength"),
-    ({"pipeline_type": "2048"}, "unknown pipeline_type '2048'"),
-    ({"pipeline_type": "512"}, "needs the models tex_slat_flow_model_512, which"),
+    ({"params": {"shape": {"steps": 0}}}, "steps must be an integer >= 1"),
+    ({"params": {"sparse_structure": {"guidance_rescale": 1.5}}}, "must be in [0, 1]"),
+    ({"params": {"texture": {"rescale_t": -1}}}, "rescale_t must be a finite number > 0"),
+    ({"params": {"tex": {"guidance_interval": (0.9, 0.1)}}}, "0 <= lo <= hi <= 1"),
+    ({"params": {"shape": {"cfg_strength": 3}}}, "TRELLIS.2 uses guidance_strength"),
+    ({"params": {"shape": {"guidance_strenght": 3}}}, "unknown shape sampler parameter 'guidance_strenght'"),
+    ({"params": {"geometry": {"steps": 3}}}, "unknown stage 'geometry'"),
     ({"num_samples": 0}, "num_samples must be an integer >= 1"),
+    ({"seed": -1}, "seed must be an integer >= 0"),
     ({"mode": "no-such-aggregator"}, "no-such-aggregator"),
     ({"stages": {"geometry": "stochastic"}}, "unknown stage 'geometry'"),
+    ({"stages": {"texture": "single:view=5"}}, "view=5 but only 2 view(s)"),
+    ({"max_batch": 1, "num_samples": 2}, "max_batch=1 is smaller than num_samples=2"),
+    ({"weights": [1, 2, 3]}, "weights has 3 entries but the conditioning holds 2 views"),
 ])
 def test_bad_parameters_fail_before_model_work(kwargs: dict[str, Any], message: str) -> None:
-    images = [_disc(), _disc()]
-    with pytest.raises(T2.ParameterError) as info:
-        T2.run_multi_image(_NoModelWork(), images, **kwargs)
+    adapter = T2.Trellis2Adapter(_NoModelWork())
+    with pytest.raises(trellis_mv.TrellisMVError) as info:
+        trellis_mv.run_multi_image(adapter, [_disc(), _disc()], **kwargs)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"pipeline_type": "2048"}, "unknown pipeline_type '2048'"),
+    ({"pipeline_type": "512"}, "needs the models tex_slat_flow_model_512, which"),
+    ({"max_num_tokens": 0}, "max_num_tokens must be an integer >= 1"),
+])
+def test_bad_adapter_options_fail_before_model_work(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(trellis_mv.ParameterError, match=re.escape(message)):
+        T2.Trellis2Adapter(_NoModelWork(), **options)
 
 
 def _disc(**kw: Any) -> Any:
@@ -201,18 +219,15 @@ def _disc(**kw: Any) -> Any:
 
 
 def test_bad_images_fail_before_model_work(tmp_path: Any) -> None:
+    adapter = T2.Trellis2Adapter(_NoModelWork())
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
-    with pytest.raises(T2.ImageError, match="cannot read .*broken.png"):
-        T2.run_multi_image(_NoModelWork(), [_disc(), str(bad)])
-    with pytest.raises(T2.ImageError, match="does not exist"):
-        T2.run_multi_image(_NoModelWork(), [str(tmp_path / "missing.png")])
-    with pytest.raises(T2.ImageError, match="different resolutions .*64x64.*96x96"):
-        T2.run_multi_image(_NoModelWork(), [_disc(), _disc(size=96)])
-    with pytest.raises(T2.ImageError, match="no foreground"):
-        T2.run_multi_image(_NoModelWork(), [_disc(), _disc(radius=0).point(lambda v: 0)])
-    with pytest.raises(T2.ParameterError, match="2 weights for 3 views"):
-        T2.validate_params([_disc()] * 3, weights=[1, 2])
+    with pytest.raises(trellis_mv.ImageError, match="broken.png.* is not a readable image"):
+        trellis_mv.run_multi_image(adapter, [_disc(), str(bad)])
+    with pytest.raises(trellis_mv.ImageError, match="does not exist"):
+        trellis_mv.run_multi_image(adapter, [str(tmp_path / "missing.png")])
+    with pytest.raises(trellis_mv.ImageError, match="no foreground"):
+        trellis_mv.run_multi_image(adapter, [_disc(), _disc(radius=0).point(lambda v: 0)])
 
 
 def test_missing_trellis2_says_how_to_install(monkeypatch: Any) -> None:
@@ -220,5 +235,5 @@ def test_missing_trellis2_says_how_to_install(monkeypatch: Any) -> None:
 
     monkeypatch.setitem(sys.modules, "trellis2", None)
     monkeypatch.setitem(sys.modules, "trellis2.pipelines", None)
-    with pytest.raises(T2.TrellisNotInstalled, match="--model proxy"):
-        T2.generate([_disc()], "unused", pipeline_type="512")
+    with pytest.raises(trellis_mv.ModelNotAvailable, match="--model proxy"):
+        T2.Trellis2Adapter.load("unused", pipeline_type="512")

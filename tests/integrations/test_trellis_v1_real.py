@@ -80,16 +80,20 @@ def test_whole_run_matches_run_multi_image(trellis_v1: Any, mode: str) -> None:
     ref_pipe, pipe = _v1_pipeline(), _v1_pipeline()
     ref_pipe.get_cond = lambda images: {"cond": cond, "neg_cond": torch.zeros_like(cond)}
     want = ref_pipe.run_multi_image([None] * 3, seed=9, preprocess_image=False, mode=mode, num_samples=2)
-    got = T1.run_multi_image(pipe, None, cond=cond, mode=mode, seed=9, num_samples=2).meshes
+    adapter = T1.TrellisAdapter(pipe, preprocess=False)
+    got = trellis_mv.run_multi_image(adapter, list(cond), mode=mode, seed=9, num_samples=2).output
     assert torch.equal(got.coords, want.coords)
     atol = 0 if mode == "stochastic" else 1e-4
     torch.testing.assert_close(got.feats, want.feats, atol=atol, rtol=0 if atol == 0 else 1e-4)
 
 
-def test_v1_parameter_names_are_checked() -> None:
-    with pytest.raises(T1.ParameterError, match="TRELLIS v1 uses cfg_strength"):
-        T1.validate_params(slat_sampler_params={"guidance_strength": 3.0})
-    with pytest.raises(T1.ParameterError, match="steps must be an integer >= 1"):
-        T1.validate_params(sparse_structure_sampler_params={"steps": 0})
-    with pytest.raises(T1.ParameterError, match="unknown stage 'texture'"):
-        T1.validate_params(stages={"texture": "stochastic"})
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"params": {"slat": {"guidance_strength": 3.0}}}, "TRELLIS v1 uses cfg_strength"),
+    ({"params": {"ss": {"steps": 0}}}, "steps must be an integer >= 1"),
+    ({"stages": {"texture": "stochastic"}}, "unknown stage 'texture'"),
+])
+def test_v1_parameter_names_are_checked(trellis_v1: Any, kwargs: dict[str, Any], message: str) -> None:
+    pipe = _v1_pipeline()
+    pipe.get_cond = lambda images: pytest.fail("model work before the arguments were checked")
+    with pytest.raises(trellis_mv.ParameterError, match=message):
+        trellis_mv.run_multi_image(T1.TrellisAdapter(pipe), list(_cond(2)), **kwargs)

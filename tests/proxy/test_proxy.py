@@ -11,7 +11,6 @@ from PIL import Image
 from trellis_mv.proxy import (
     HELD_OUT_SEED,
     ProxyPipeline,
-    generate,
     input_views,
     iou,
     load_models,
@@ -67,9 +66,9 @@ def test_weights_load_and_bad_files_fail_clearly(tmp_path):
 def test_regression_shipped_weights_recover_held_out_shapes(pipe, seed):
     s = make_shape(seed)
     img = input_views(s.occupancy, s.colors, ["front", "right", "back", "left"])
-    from trellis_mv.pipeline import run_multi_image
+    from trellis_mv import run_multi_image
 
-    res, _ = run_multi_image(pipe, list(img), mode="multidiffusion", seed=0, verbose=False)
+    res = run_multi_image(pipe, list(img), mode="multidiffusion", seed=0).output
     assert iou(res.occupancy[0], s.occupancy) > 0.4
 
 
@@ -90,6 +89,8 @@ def test_preprocess_rgba_gray_nonsquare():
 
 
 def test_generate_writes_outputs_and_errors_leave_nothing(tmp_path, pipe):
+    from trellis_mv import ImageError, generate
+
     views = []
     s = make_shape(HELD_OUT_SEED + 7)
     img, _ = render(s.occupancy, s.colors, ["front", "back"], size=96)
@@ -98,18 +99,19 @@ def test_generate_writes_outputs_and_errors_leave_nothing(tmp_path, pipe):
         Image.fromarray((im.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).convert("L").save(p)
         views.append(p)
     out = tmp_path / "out"
-    summary = generate(views, out, mode="stochastic", seed=1, steps=4, pipeline=pipe, verbose=False)
+    steps = {"sparse_structure": {"steps": 4}, "texture": {"steps": 4}}
+    summary = generate(pipe, views, out, mode="stochastic", seed=1, params=steps)
     assert sorted(p.name for p in out.iterdir()) == ["comparison.png", "mesh.glb", "summary.json"]
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["aggregators"] == {"sparse_structure": "stochastic", "texture": "stochastic"}
-    assert on_disk["views"][0]["view"] == "front" and summary["model_calls"]["total"] > 0
+    assert on_disk["images"][0].endswith("obj_front.png") and summary["cost"]["model_forwards"] > 0
 
-    with pytest.raises(FileNotFoundError, match=r"images\[1\]"):
-        generate([views[0], tmp_path / "nope.png"], tmp_path / "o2", pipeline=pipe, verbose=False)
+    with pytest.raises(ImageError, match=r"view 1 \(.*nope.png\) does not exist"):
+        generate(pipe, [views[0], tmp_path / "nope.png"], tmp_path / "o2")
     text = tmp_path / "notes.png"
     text.write_text("hello")
-    with pytest.raises(ValueError, match="not a readable image"):
-        generate([text], tmp_path / "o3", pipeline=pipe, verbose=False)
-    with pytest.raises(ValueError, match="no views"):
-        generate([], tmp_path / "o4", pipeline=pipe, verbose=False)
+    with pytest.raises(ImageError, match="not a readable image"):
+        generate(pipe, [text], tmp_path / "o3")
+    with pytest.raises(ImageError, match="no views"):
+        generate(pipe, [], tmp_path / "o4")
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["out"]  # no partial output folders

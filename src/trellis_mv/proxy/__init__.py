@@ -7,13 +7,13 @@ latent) and a texture stage (sparse latent), each sampled by its own
 :func:`trellis_mv.patch_sampler` and every aggregator work on it unchanged.
 
 >>> import tempfile, trellis_mv.proxy as proxy
->>> summary = proxy.demo(tempfile.mkdtemp() + "/out", num_views=2, verbose=False)
+>>> summary = proxy.demo(tempfile.mkdtemp() + "/out", num_views=2, params={"texture": {"steps": 4}})
 >>> summary["aggregators"], summary["num_views"]
 ({'sparse_structure': 'multidiffusion', 'texture': 'multidiffusion'}, 2)
 """
 
 from trellis_mv.proxy._data import GRID, HELD_OUT_SEED, Shape, make_shape, make_shapes
-from trellis_mv.proxy._generate import demo, generate, mesh_from_voxels
+from trellis_mv.proxy._export import demo, mesh_from_voxels
 from trellis_mv.proxy._metrics import chamfer, color_error, iou
 from trellis_mv.proxy._models import ProxyConfig, ProxyModels, load_models, save_models
 from trellis_mv.proxy._pipeline import (
@@ -43,7 +43,6 @@ __all__ = [
     "default_weights",
     "demo",
     "example_images",
-    "generate",
     "input_views",
     "iou",
     "load_models",

@@ -1,18 +1,15 @@
-"""The proxy pipeline adapter: two TRELLIS.2-style stages, one sampler instance each.
+"""The proxy model as a :class:`~trellis_mv.Adapter`: two TRELLIS.2-style stages, one sampler each.
 
 ``ProxyPipeline.samplers`` maps ``"sparse_structure"`` (dense latent) and ``"texture"``
 (sparse colour latent) to their :class:`~trellis_mv.samplers.FlowEulerGuidanceIntervalSampler`;
-``run(images)`` stacks the views' conditioning ``[N, L, C]`` and passes it as ``cond`` to each
-``sampler.sample``, as TRELLIS.2's pipeline does. Unpatched, it takes one view; inside
-:func:`trellis_mv.patch_sampler` or :func:`trellis_mv.pipeline.run_multi_image` each stage is
-multi-view.
+``sample(views, ...)`` stacks the views' conditioning ``[N, L, C]`` and passes it as
+``cond`` to each ``sampler.sample``, as TRELLIS.2's pipeline does. Its object frame is its
+latent's: voxel ``[x, y, z]`` with ``+y`` up and the front camera on ``+z``.
 
 >>> import trellis_mv
->>> from trellis_mv.pipeline import run_multi_image
 >>> pipe = ProxyPipeline()
->>> views = [example_images()[0], example_images()[2]]
->>> result, patches = run_multi_image(pipe, views, mode="multidiffusion", seed=1, verbose=False)
->>> result.occupancy.shape, patches["sparse_structure"].model_calls
+>>> result = trellis_mv.run_multi_image(pipe, example_images()[:2], seed=1, params={"texture": {"steps": 4}})
+>>> result.output.occupancy.shape, result.patches["sparse_structure"].model_calls
 (torch.Size([1, 16, 16, 16]), 12)
 """
 
@@ -23,12 +20,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 
+from trellis_mv._errors import ImageError
+from trellis_mv._images import load_image
 from trellis_mv.proxy._models import ProxyModels, decode_structure, load_models
 from trellis_mv.samplers import FlowEulerGuidanceIntervalSampler
 from trellis_mv.sparse import SparseTensor
@@ -45,7 +44,6 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
         "steps": 12, "guidance_strength": 3.0, "guidance_rescale": 0.7, "rescale_t": 3.0, "guidance_interval": (0.0, 1.0),
     },
 }
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 def default_weights() -> Path:
@@ -69,9 +67,7 @@ def preprocess(image: Image.Image | str | Path, size: int = 64) -> torch.Tensor:
     >>> preprocess(Image.new("LA", (90, 30), (200, 128))).shape
     torch.Size([3, 64, 64])
     """
-    if not isinstance(image, Image.Image):
-        image = Image.open(image)
-        image.load()
+    image = load_image(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255
         rgb = rgba[..., :3] * rgba[..., 3:]
@@ -97,74 +93,93 @@ class ProxyResult:
 
 
 class ProxyPipeline:
-    """The embedded proxy model as a pipeline adapter (stages ``sparse_structure``, ``texture``).
+    """The embedded proxy model as an adapter (stages ``sparse_structure``, ``texture``).
 
     :param weights: a weights file (default: the shipped one).
     :param device: torch device.
     :param models: already loaded :class:`ProxyModels` (then ``weights`` is ignored).
+    :param verbose: progress bars while sampling.
     """
 
-    stages = STAGES
+    name = "proxy"
+    dialect = "trellis2"
+    stage_aliases: ClassVar[dict[str, str]] = {
+        "ss": "sparse_structure", "structure": "sparse_structure", "sparse": "sparse_structure",
+        "tex": "texture", "color": "texture", "colour": "texture",
+    }
+    latent_frame = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
-    def __init__(self, weights: str | Path | None = None, device: str = "cpu", models: ProxyModels | None = None) -> None:
+    def __init__(self, weights: str | Path | None = None, device: str = "cpu", models: ProxyModels | None = None,
+                 verbose: bool = False) -> None:
         self.device = torch.device(device)
         if models is None:
             models = load_models(weights or default_weights(), self.device)
         self.models = models.to(self.device).eval()
         self._samplers = {stage: FlowEulerGuidanceIntervalSampler(sigma_min=1e-5) for stage in STAGES}
-        self.params = copy.deepcopy(DEFAULT_PARAMS)
+        self.default_params = copy.deepcopy(DEFAULT_PARAMS)
+        self.verbose = verbose
 
     @property
     def samplers(self) -> dict[str, FlowEulerGuidanceIntervalSampler]:
         """Stage name → its own sampler instance."""
         return self._samplers
 
-    @torch.no_grad()
-    def get_cond(self, images: Sequence[Image.Image | str | Path | torch.Tensor]) -> torch.Tensor:
-        """Image tokens of each view, stacked: ``[N, 64, width]``."""
-        batch = torch.stack([im if isinstance(im, torch.Tensor) else preprocess(im) for im in images]).to(self.device)
-        return self.models.encoder(batch)
+    def prepare(self, images: Sequence[Image.Image | torch.Tensor]) -> list[torch.Tensor]:
+        """Each view as the model sees it (:func:`preprocess`); ``[3, S, S]`` tensors in ``[0, 1]`` pass as they are."""
+        size = self.models.cfg.image_size
+        views = []
+        for i, im in enumerate(images):
+            if isinstance(im, torch.Tensor):
+                if tuple(im.shape) != (3, size, size) or not im.is_floating_point():
+                    raise ImageError(f"view {i} is a tensor of shape {tuple(im.shape)} ({im.dtype}); the proxy takes "
+                                     f"images, or float tensors [3, {size}, {size}] in [0, 1]")
+                views.append(im)
+            elif isinstance(im, Image.Image):
+                views.append(preprocess(im, size))
+            else:
+                raise ImageError(f"view {i} is a {type(im).__name__}; the proxy takes images or [3, {size}, {size}] tensors")
+        return views
 
     @torch.no_grad()
-    def run(
-        self,
-        images: Sequence[Image.Image | str | Path | torch.Tensor],
-        *,
-        seed: int = 0,
-        num_samples: int = 1,
-        params: Mapping[str, Mapping[str, Any]] | None = None,
-        verbose: bool = True,
-    ) -> ProxyResult:
+    def get_cond(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Image tokens of each view, stacked: ``[N, L, width]``."""
+        return self.models.encoder(torch.stack(list(views)).to(self.device))
+
+    @torch.no_grad()
+    def sample(self, views: Sequence[torch.Tensor], *, seed: int = 0, num_samples: int = 1,
+               params: Mapping[str, Mapping[str, Any]] | None = None) -> ProxyResult:
         """Sample both stages with the views' conditioning stacked as ``cond``.
 
-        :param images: the views (paths, PIL images or preprocessed ``[3, 64, 64]`` tensors).
-        :param seed: seed of the noise of both stages.
-        :param num_samples: samples drawn at once (batch of the noise).
-        :param params: per-stage overrides of :data:`DEFAULT_PARAMS`.
+        Sample ``k`` draws its noise from seed ``seed + k`` alone, so a batch of samples
+        equals the same seeds drawn one at a time.
         """
-        if len(images) == 0:
-            raise ValueError("no views: give at least one image")
-        merged = {s: {**self.params[s], **dict((params or {}).get(s, {}))} for s in STAGES}
-        cond = self.get_cond(images)
+        merged = {s: {**self.default_params[s], **dict((params or {}).get(s, {}))} for s in STAGES}
+        cond = self.get_cond(views)
         neg = torch.zeros_like(cond[:1])
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        b = num_samples
-
-        noise = torch.randn((b, 8, 8, 8, 8), generator=gen).to(self.device)
+        gens = [torch.Generator(device="cpu").manual_seed(seed + k) for k in range(num_samples)]
+        noise = torch.stack([torch.randn((8, 8, 8, 8), generator=g) for g in gens]).to(self.device)
         out = self.samplers["sparse_structure"].sample(
-            self.models.structure, noise, cond, neg, verbose=verbose, tqdm_desc="sparse_structure", **merged["sparse_structure"]
+            self.models.structure, noise, cond, neg, verbose=self.verbose, tqdm_desc="sparse_structure",
+            **merged["sparse_structure"],
         )
         occ = decode_structure(out.samples)
         empty = ~occ.flatten(1).any(1)
         occ[empty, 8, 8, 8] = True  # an empty sample keeps one voxel so that the texture stage has a latent
 
         coords = occ.nonzero().int()
-        feats = torch.randn((coords.shape[0], 3), generator=gen).to(self.device)
+        counts = torch.bincount(coords[:, 0].long(), minlength=num_samples).tolist()
+        feats = torch.cat([torch.randn((n, 3), generator=g) for g, n in zip(gens, counts)]).to(self.device)
         out = self.samplers["texture"].sample(
-            self.models.texture, SparseTensor(feats, coords, b), cond, neg, verbose=verbose, tqdm_desc="texture",
-            **merged["texture"],
+            self.models.texture, SparseTensor(feats, coords, num_samples), cond, neg, verbose=self.verbose,
+            tqdm_desc="texture", **merged["texture"],
         )
         colors = torch.zeros((*occ.shape, 3), device=self.device)
         c = coords.long()
         colors[c[:, 0], c[:, 1], c[:, 2], c[:, 3]] = (out.samples.feats.float().clamp(-1, 1) + 1) / 2
         return ProxyResult(occupancy=occ.cpu(), colors=colors.cpu())
+
+    def export(self, result: Any, folder: Path) -> list[str]:
+        """``mesh.glb`` and ``comparison.png`` per sample (``mesh_1.glb``, ... after the first)."""
+        from trellis_mv.proxy._export import export_result
+
+        return export_result(result, folder)

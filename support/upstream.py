@@ -8,9 +8,10 @@ tree, so that its submodules import one by one and ``__init__`` never runs; the 
 the pipeline imports but the flow stages do not use (background removal, image encoder,
 mesh representation) are replaced by placeholders *only when they fail to import*.
 
-This is what the tests, the GPU checks and the step-cost benchmark use. A user with a
-complete TRELLIS.2 installation does not need it: :mod:`trellis_mv.integrations.trellis2`
-imports ``trellis2`` normally.
+This is support code for the tests and benchmarks (``support/`` is on pytest's path; the
+benchmarks put it on ``sys.path``), not part of the library: a user with a TRELLIS.2
+installation imports ``trellis2`` normally. CI points ``TRELLIS2_SRC`` / ``TRELLIS_SRC`` at
+unmodified upstream sources so that the integration tests run against the real code.
 
 Sources are found, in this order, from the ``src`` argument, the environment variable
 (``TRELLIS2_SRC`` / ``TRELLIS_SRC``: a folder holding the ``trellis2`` / ``trellis``

@@ -1,0 +1,149 @@
+"""What the TRELLIS.2 and TRELLIS adapters share: loading, per-view preprocessing, and ``get_cond`` for N views.
+
+Both pipelines have the same shape: ``preprocess_image``, ``get_cond`` returning one row per
+image, one sampler per stage, and a ``run`` that strings the stages together for *one*
+image. A multi-view run is that same ``run`` with ``get_cond`` answering the N views'
+conditioning (one negative row), while the core patches every stage sampler. Nothing of
+the pipeline's own logic (the cascade, its token-budget fallback, the decoders) is copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from .._errors import ImageError, ModelNotAvailable, ParameterError
+
+__all__ = ["PipelineAdapter", "pipeline_config", "pipeline_name"]
+
+
+def pipeline_config(model: str) -> dict[str, Any]:
+    """``pipeline.json`` of a local model folder or a hub id, read without loading any weights."""
+    local = Path(model).expanduser() / "pipeline.json"
+    if local.is_file():
+        path = local
+    elif Path(model).expanduser().exists():
+        raise ParameterError(f"{model} has no pipeline.json; expected a TRELLIS.2 or TRELLIS model folder or a hub id")
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+        except ImportError as exc:
+            raise ModelNotAvailable(f"huggingface_hub is needed to fetch {model!r}: pip install huggingface_hub") from exc
+        try:
+            path = Path(hf_hub_download(model, "pipeline.json"))
+        except Exception as exc:  # network, unknown repository, gated model, ...
+            raise ParameterError(f"cannot read {model!r}/pipeline.json from the hub ({type(exc).__name__}: {exc}); "
+                                 "give a local model folder, or --model proxy") from exc
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ParameterError(f"{path} is not valid JSON ({exc})") from exc
+
+
+def pipeline_name(model: str) -> str:
+    """The pipeline class a model folder or hub id declares (``pipeline.json``'s ``name``)."""
+    return str(pipeline_config(model).get("name", ""))
+
+
+class PipelineAdapter:
+    """An adapter around a TRELLIS-family pipeline object; subclasses name the stages and the run.
+
+    :param pipeline: the loaded pipeline.
+    :param preprocess: run the pipeline's own ``preprocess_image`` (background removal,
+        crop) on every view; without it, views are taken as already cropped and matted.
+    """
+
+    name: ClassVar[str]
+    dialect: ClassVar[str]
+    #: stage name -> the pipeline attribute holding that stage's sampler
+    sampler_attributes: ClassVar[dict[str, str]]
+    #: stage name -> the pipeline attribute holding that stage's default sampler parameters
+    params_attributes: ClassVar[dict[str, str]]
+    stage_aliases: ClassVar[dict[str, str]] = {}
+    install_hint: ClassVar[str]
+
+    def __init__(self, pipeline: Any, *, preprocess: bool = True) -> None:
+        self.pipeline = pipeline
+        self.preprocess = preprocess
+
+    @classmethod
+    def pipeline_class(cls) -> type:
+        """The pipeline class, imported lazily; :class:`ModelNotAvailable` says how to install it."""
+        raise NotImplementedError
+
+    @classmethod
+    def _import(cls, module: str, name: str) -> type:
+        try:
+            return getattr(__import__(module, fromlist=[name]), name)
+        except ImportError as exc:
+            raise ModelNotAvailable(f"{cls.install_hint} ({type(exc).__name__}: {exc})") from exc
+
+    @classmethod
+    def load(cls, model: str, *, device: str | torch.device | None = None, **options: Any) -> PipelineAdapter:
+        """``from_pretrained(model)`` (hub id or local folder), moved to ``device`` (default: CUDA if present)."""
+        pipeline = cls.pipeline_class().from_pretrained(model)
+        pipeline.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+        return cls(pipeline, **options)
+
+    @property
+    def samplers(self) -> dict[str, Any]:
+        """``{stage: sampler}`` of the pipeline."""
+        return {stage: getattr(self.pipeline, attr) for stage, attr in self.sampler_attributes.items()}
+
+    @property
+    def default_params(self) -> dict[str, dict[str, Any]]:
+        """The pipeline's own sampler parameters per stage (its ``pipeline.json``)."""
+        return {stage: dict(getattr(self.pipeline, attr, {}) or {}) for stage, attr in self.params_attributes.items()}
+
+    def prepare(self, images: Sequence[Any]) -> list[Any]:
+        """The pipeline's ``preprocess_image`` per view (unless ``preprocess=False``); errors name the view."""
+        views = []
+        for i, im in enumerate(images):
+            if not isinstance(im, Image.Image):
+                views.append(self.encoded_view(im, i))
+            elif not self.preprocess:
+                views.append(im)
+            else:
+                try:
+                    views.append(self.pipeline.preprocess_image(im))
+                except ValueError as exc:  # numpy's min() of an empty bounding box
+                    raise ImageError(f"view {i}: no foreground found after background removal ({exc}); "
+                                     "give an image with a clearly visible object") from exc
+        if any(isinstance(v, Image.Image) for v in views) and not all(isinstance(v, Image.Image) for v in views):
+            raise ImageError("give every view as an image, or every view already encoded; not a mix")
+        return views
+
+    def encoded_view(self, view: Any, index: int) -> Any:
+        """A view given already encoded (the adapter says which form it accepts)."""
+        raise ImageError(f"view {index} is a {type(view).__name__}; expected an image")
+
+    @contextlib.contextmanager
+    def views_cond(self, make: Callable[..., Mapping[str, torch.Tensor]]) -> Iterator[None]:
+        """Make ``pipeline.get_cond`` answer ``make(*args, **kwargs)`` with one negative row, then restore it."""
+        pipeline = self.pipeline
+        had = "get_cond" in vars(pipeline)
+        saved = vars(pipeline).get("get_cond")
+
+        def get_cond(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+            out = dict(make(*args, **kwargs))
+            if out.get("neg_cond") is not None:
+                out["neg_cond"] = out["neg_cond"][:1]
+            return out
+
+        pipeline.get_cond = get_cond
+        try:
+            yield
+        finally:
+            if had:
+                pipeline.get_cond = saved
+            else:
+                del pipeline.get_cond
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.pipeline).__name__})"
