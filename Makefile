@@ -19,7 +19,7 @@ $(BIN)/.installed: pyproject.toml $(PLUGINS)
 setup: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/trellis-mv demo --out out/demo
+	$(BIN)/trellis-mv demo --out out/demo --overwrite
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -52,22 +52,8 @@ TINY: dict[str, Any] = {}
 
 
 def build(config: str, src: Path, device: str, seed: int) -> torch.nn.Module:
-    """A TRELLIS.2 model from its training config, bf16, random weights (zero-init layers too)."""
-    import importlib
-
-    args = json.loads((src / "configs" / "gen" / f"{config}.json").read_text())["models"]["denoiser"]
-    args["args"].update(TINY)  # --tiny: a smoke test of this script on a CPU
-    name = args["name"].replace("Elastic", "")
-    module = "sparse_structure_flow" if name == "SparseStructureFlowModel" else "structured_latent_flow"
-    cls = getattr(importlib.import_module(f"trellis2.models.{module}"), name)
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = cls(**args["args"], dtype="bfloat16")
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "adaLN_modulation" in n or "out_layer" in n:
-                p.normal_(0, 0.02)
-    return model.eval()
+    """A TRELLIS.2 model from its training config, bf16, random weights (``TINY`` overrides for a CPU smoke test)."""
+    return _bootstrap.build_trellis2_model(config, src, device, seed, TINY)
 
 
 def sync() -> None:
@@ -171,60 +157,10 @@ def benchmark(src: Path, device: str, repeats: int, counts: list[int], voxels: i
 # -- whole multi-view runs -------------------------------------------------------------------
 
 
-class _QuantileDecoder(torch.nn.Module):
-    """Stand-in for the sparse-structure VAE decoder (hub weights): the top voxels of a latent channel."""
-
-    def __init__(self, keep: float) -> None:
-        super().__init__()
-        self.keep = keep
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        v = torch.nn.functional.interpolate(z[:, :1].float(), size=32, mode="trilinear", align_corners=False)
-        return v - v.flatten(1).quantile(1 - self.keep, dim=1).view(-1, 1, 1, 1, 1)
-
-
-class _Upsampler(torch.nn.Module):
-    """Stand-in for the shape decoder's ``upsample`` in the cascade (it needs sparse convolutions)."""
-
-    low_vram = False
-
-    def upsample(self, slat: Any, upsample_times: int = 4) -> torch.Tensor:
-        c = slat.coords
-        return torch.cat([c[:, :1], c[:, 1:] * 16 + 8], dim=1)
-
-
 def check(src: Path, device: str, keep: float) -> list[dict[str, Any]]:
-    from trellis2.pipelines.samplers import FlowEulerGuidanceIntervalSampler
-    from trellis2.pipelines.trellis2_image_to_3d import Trellis2ImageTo3DPipeline
-
     from trellis_mv.integrations.trellis2 import Trellis2Adapter
 
-    cfg = lambda name: json.loads((src / "configs" / "gen" / f"{name}.json").read_text())
-    norm = cfg("slat_flow_imgshape2tex_dit_1_3B_512_bf16")["dataset"]["args"]
-    models = {
-        "sparse_structure_flow_model": build("ss_flow_img_dit_1_3B_64_bf16", src, device, 1),
-        "sparse_structure_decoder": _QuantileDecoder(keep),
-        "shape_slat_flow_model_512": build("slat_flow_img2shape_dit_1_3B_512_bf16", src, device, 2),
-        "shape_slat_flow_model_1024": build("slat_flow_img2shape_dit_1_3B_512_bf16_ft1024", src, device, 3),
-        "tex_slat_flow_model_512": build("slat_flow_imgshape2tex_dit_1_3B_512_bf16", src, device, 4),
-        "tex_slat_flow_model_1024": build("slat_flow_imgshape2tex_dit_1_3B_512_bf16_ft1024", src, device, 5),
-        "shape_slat_decoder": _Upsampler(),
-    }
-    params = {"steps": 6, "guidance_interval": [0.6, 1.0]}
-    pipe = Trellis2ImageTo3DPipeline(
-        models=models,
-        sparse_structure_sampler=FlowEulerGuidanceIntervalSampler(sigma_min=1e-5),
-        shape_slat_sampler=FlowEulerGuidanceIntervalSampler(sigma_min=1e-5),
-        tex_slat_sampler=FlowEulerGuidanceIntervalSampler(sigma_min=1e-5),
-        sparse_structure_sampler_params={**params, "guidance_strength": 7.5, "guidance_rescale": 0.7, "rescale_t": 5.0},
-        shape_slat_sampler_params={**params, "guidance_strength": 7.5, "guidance_rescale": 0.5, "rescale_t": 3.0},
-        tex_slat_sampler_params={**params, "guidance_strength": 1.0, "guidance_rescale": 0.0, "rescale_t": 3.0},
-        shape_slat_normalization=norm["shape_slat_normalization"],
-        tex_slat_normalization=norm["pbr_slat_normalization"],
-        image_cond_model=None, rembg_model=None, low_vram=False,
-    )
-    pipe._device = torch.device(device)
-    pipe.decode_latent = lambda shape_slat, tex_slat, resolution: []
+    pipe = _bootstrap.random_trellis2_pipeline(src, device, keep=keep, overrides=TINY)
     gen = torch.Generator(device="cpu").manual_seed(0)
     conds = {512: torch.randn(4, 1029, 1024, generator=gen).to(device),
              1024: torch.randn(4, 4101, 1024, generator=gen).to(device)}

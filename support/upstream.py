@@ -355,3 +355,127 @@ def load_trellis(src: str | os.PathLike[str] | None = None, *, flash_attn_shim: 
         importlib.import_module("trellis.pipelines.trellis_image_to_3d")
     return package
 
+
+
+# -- TRELLIS.2 at full size with random weights (cost measurements on a GPU) -----------------------
+
+#: (tokens, channels) of DINOv3 ViT-L/16 per input resolution: patches, one class and four register tokens
+DINOV3_TOKENS = {512: 1029, 1024: 4101}
+
+
+def build_trellis2_model(config: str, src: str | os.PathLike[str], device: Any, seed: int,
+                         overrides: dict[str, Any] | None = None) -> torch.nn.Module:
+    """A TRELLIS.2 flow model from its training config (``configs/gen/CONFIG.json``), bf16, random weights.
+
+    The zero-initialised modulation and output layers get small random values, so outputs
+    are not trivially zero; cost does not depend on weight values.
+    """
+    import json
+
+    args = json.loads((Path(src) / "configs" / "gen" / f"{config}.json").read_text())["models"]["denoiser"]
+    args["args"].update(overrides or {})
+    name = args["name"].replace("Elastic", "")
+    module = "sparse_structure_flow" if name == "SparseStructureFlowModel" else "structured_latent_flow"
+    cls = getattr(importlib.import_module(f"trellis2.models.{module}"), name)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = cls(**args["args"], dtype="bfloat16")
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "adaLN_modulation" in n or "out_layer" in n:
+                p.normal_(0, 0.02)
+    return model.eval()
+
+
+class QuantileDecoder(torch.nn.Module):
+    """Stand-in for the sparse-structure VAE decoder (hub weights): the top ``keep`` of a latent channel."""
+
+    def __init__(self, keep: float = 0.02, size: int = 32) -> None:
+        super().__init__()
+        self.keep, self.size = keep, size
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        v = F.interpolate(z[:, :1].float(), size=self.size, mode="trilinear", align_corners=False)
+        return v - v.flatten(1).quantile(1 - self.keep, dim=1).view(-1, 1, 1, 1, 1)
+
+
+class Upsampler(torch.nn.Module):
+    """Stand-in for the shape decoder's ``upsample`` in the cascade (it needs sparse convolutions)."""
+
+    low_vram = False
+
+    def upsample(self, slat: Any, upsample_times: int = 4) -> torch.Tensor:
+        c = slat.coords
+        return torch.cat([c[:, :1], c[:, 1:] * 16 + 8], dim=1)
+
+
+class ProjectionEncoder:
+    """Stand-in for DINOv3: a fixed random projection of a 16x16 thumbnail to ``[N, tokens, 1024]``."""
+
+    def __init__(self, device: Any, seed: int = 123) -> None:
+        self.device = torch.device(device)
+        self.image_size = 512
+        gen = torch.Generator().manual_seed(seed)
+        self.proj = {r: (torch.randn(16 * 16 * 3, 1024, generator=gen) / 16).to(self.device) for r in DINOV3_TOKENS}
+        self.pos = {r: torch.randn(n, 1024, generator=gen).to(self.device) for r, n in DINOV3_TOKENS.items()}
+
+    def to(self, *args: Any, **kwargs: Any) -> ProjectionEncoder:
+        return self
+
+    cpu = cuda = lambda self, *a, **k: self
+
+    def __call__(self, images: list[Any]) -> torch.Tensor:
+        import numpy as np
+
+        rows = [torch.from_numpy(np.asarray(im.convert("RGB").resize((16, 16)), dtype=np.float32) / 255).flatten()
+                for im in images]
+        feats = torch.stack(rows).to(self.device) @ self.proj[self.image_size]
+        return (feats[:, None] + self.pos[self.image_size][None]).to(torch.bfloat16)
+
+
+def random_trellis2_pipeline(src: str | os.PathLike[str], device: Any, *, keep: float = 0.02,
+                             steps: int = 6, overrides: dict[str, Any] | None = None) -> Any:
+    """A ``Trellis2ImageTo3DPipeline`` of the real model classes at full size with random weights.
+
+    Every pipeline type's flow models are built; the image encoder, the structure decoder and
+    the cascade's upsampler are stand-ins (:class:`ProjectionEncoder`, :class:`QuantileDecoder`,
+    :class:`Upsampler`), and ``decode_latent`` returns no meshes, so views must be given
+    already matted (``preprocess=False``). Sampler parameters are TRELLIS.2's defaults with
+    ``steps`` steps.
+    """
+    import json
+
+    from trellis2.pipelines.samplers import FlowEulerGuidanceIntervalSampler
+    from trellis2.pipelines.trellis2_image_to_3d import Trellis2ImageTo3DPipeline
+
+    src = Path(src)
+    if (src / "trellis2").is_dir() is False and src.name == "trellis2":
+        src = src.parent
+    cfg = lambda name: json.loads((src / "configs" / "gen" / f"{name}.json").read_text())
+    norm = cfg("slat_flow_imgshape2tex_dit_1_3B_512_bf16")["dataset"]["args"]
+    build = lambda name, seed: build_trellis2_model(name, src, device, seed, overrides)
+    models = {
+        "sparse_structure_flow_model": build("ss_flow_img_dit_1_3B_64_bf16", 1),
+        "sparse_structure_decoder": QuantileDecoder(keep),
+        "shape_slat_flow_model_512": build("slat_flow_img2shape_dit_1_3B_512_bf16", 2),
+        "shape_slat_flow_model_1024": build("slat_flow_img2shape_dit_1_3B_512_bf16_ft1024", 3),
+        "tex_slat_flow_model_512": build("slat_flow_imgshape2tex_dit_1_3B_512_bf16", 4),
+        "tex_slat_flow_model_1024": build("slat_flow_imgshape2tex_dit_1_3B_512_bf16_ft1024", 5),
+        "shape_slat_decoder": Upsampler(),
+    }
+    params = {"steps": steps, "guidance_interval": [0.6, 1.0]}
+    pipe = Trellis2ImageTo3DPipeline(
+        models=models,
+        sparse_structure_sampler=FlowEulerGuidanceIntervalSampler(sigma_min=1e-5),
+        shape_slat_sampler=FlowEulerGuidanceIntervalSampler(sigma_min=1e-5),
+        tex_slat_sampler=FlowEulerGuidanceIntervalSampler(sigma_min=1e-5),
+        sparse_structure_sampler_params={**params, "guidance_strength": 7.5, "guidance_rescale": 0.7, "rescale_t": 5.0},
+        shape_slat_sampler_params={**params, "guidance_strength": 7.5, "guidance_rescale": 0.5, "rescale_t": 3.0},
+        tex_slat_sampler_params={**params, "guidance_strength": 1.0, "guidance_rescale": 0.0, "rescale_t": 3.0},
+        shape_slat_normalization=norm["shape_slat_normalization"],
+        tex_slat_normalization=norm["pbr_slat_normalization"],
+        image_cond_model=ProjectionEncoder(device), rembg_model=None, low_vram=False,
+    )
+    pipe._device = torch.device(device)
+    pipe.decode_latent = lambda shape_slat, tex_slat, resolution: []
+    return pipe

@@ -25,6 +25,8 @@ PUBLIC_MODULES = [
     "trellis_mv.sparse",
     "trellis_mv.testing",
     "trellis_mv.proxy",
+    "trellis_mv.integrations.trellis2",
+    "trellis_mv.integrations.trellis",
     "trellis_mv_weighted",
     "trellis_mv_consistency",
 ]

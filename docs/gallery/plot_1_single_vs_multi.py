@@ -4,7 +4,7 @@ Single view versus multi-view
 
 The proxy model (:doc:`/proxy`) generates one shape from the four views of a held-out
 shape: from each view alone, then from all four at once with ``multidiffusion``. The same
-pipeline, the same noise; :func:`trellis_mv.pipeline.run_multi_image` patches the samplers
+pipeline, the same noise; :func:`trellis_mv.run_multi_image` patches the samplers
 of both stages for the run and restores them afterwards. Because the shape is synthetic,
 every result is scored against its ground truth.
 """
@@ -15,7 +15,7 @@ every result is scored against its ground truth.
 # down to the model's 64.
 import matplotlib.pyplot as plt
 
-from trellis_mv.pipeline import run_multi_image
+from trellis_mv import run_multi_image
 from trellis_mv.proxy import HELD_OUT_SEED, ProxyPipeline, chamfer, input_views, iou, make_shape, render
 
 VIEWS = ["front", "right", "back", "left"]
@@ -39,11 +39,11 @@ runs = {f"{v} alone": [image] for v, image in zip(VIEWS, images)}
 runs["all 4, multidiffusion"] = images
 results = {}
 for title, views in runs.items():
-    result, patches = run_multi_image(pipeline, views, mode="multidiffusion", seed=0, num_samples=2, verbose=False)
-    results[title] = result
+    run = run_multi_image(pipeline, views, mode="multidiffusion", seed=0, num_samples=2)
+    result = results[title] = run.output
     scores = [iou(result.occupancy[k], shape.occupancy) for k in range(2)]
     dist = [chamfer(result.occupancy[k], shape.occupancy) for k in range(2)]
-    forwards = sum(p.model_calls for p in patches.values())
+    forwards = run.cost()["model_forwards"]
     print(f"{title:<22} IoU {sum(scores) / 2:.3f}  Chamfer {sum(dist) / 2:.3f} voxels  forwards {forwards}")
 
 # %%
@@ -64,7 +64,7 @@ fig.tight_layout()
 
 # %%
 # What ``run_multi_image`` does, by hand: :func:`trellis_mv.patch_sampler` on each stage's
-# sampler, then the pipeline's own ``run`` with the views' conditioning stacked as
+# sampler, then the adapter's own ``sample`` with the views' conditioning stacked as
 # ``cond``. Inside the block every call of a sampler's ``_inference_model`` is answered by
 # the aggregator; when the block ends, however it ends, the samplers are the originals.
 import trellis_mv
@@ -73,7 +73,7 @@ with (
     trellis_mv.patch_sampler(pipeline.samplers["sparse_structure"], "multidiffusion") as structure,
     trellis_mv.patch_sampler(pipeline.samplers["texture"], "multidiffusion") as texture,
 ):
-    result = pipeline.run(images, seed=0, num_samples=2, verbose=False)
+    result = pipeline.sample(images, seed=0, num_samples=2, params={})
 print("forwards:", structure.model_calls, "+", texture.model_calls, "rows:", structure.batch_rows, "+", texture.batch_rows)
 print("same as run_multi_image:", bool((result.occupancy == results["all 4, multidiffusion"].occupancy).all()))
 assert "_inference_model" not in vars(pipeline.samplers["texture"])
@@ -87,6 +87,6 @@ for i in range(4):
     truth = make_shape(HELD_OUT_SEED + i)
     views = list(input_views(truth.occupancy, truth.colors, VIEWS))
     for given, scores in ((views[:1], one), (views, four)):
-        result, _ = run_multi_image(pipeline, given, mode="multidiffusion", seed=i, num_samples=2, verbose=False)
+        result = run_multi_image(pipeline, given, mode="multidiffusion", seed=i, num_samples=2).output
         scores += [iou(result.occupancy[k], truth.occupancy) for k in range(2)]
 print(f"mean IoU, front alone: {sum(one) / len(one):.3f}; all 4 views: {sum(four) / len(four):.3f}")

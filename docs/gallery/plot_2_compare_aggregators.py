@@ -16,7 +16,7 @@ import warnings
 import matplotlib.pyplot as plt
 
 import trellis_mv
-from trellis_mv.pipeline import run_multi_image
+from trellis_mv import run_multi_image
 from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, input_views, iou, make_shape, render
 
 VIEWS, SHAPES, SAMPLES = ["front", "right", "back", "left"], 3, 2
@@ -41,9 +41,8 @@ for title, (name, n) in runs.items():
     for i, (shape, views) in enumerate(zip(shapes, inputs)):
         with warnings.catch_warnings():  # `stochastic` warns when views outnumber steps; not the case here
             warnings.simplefilter("ignore")
-            result, patches = run_multi_image(
-                pipeline, views[:n], mode=name, seed=i, num_samples=SAMPLES, params=PARAMS, verbose=False
-            )
+            run = run_multi_image(pipeline, views[:n], mode=name, seed=i, num_samples=SAMPLES, params=PARAMS)
+            result, patches = run.output, run.patches
         scores[title] += [iou(result.occupancy[k], shape.occupancy) for k in range(SAMPLES)]
         if i == 0:
             firsts[title] = result

@@ -58,7 +58,7 @@ print("MedianX0 passes the conformance check")
 # ``multidiffusion`` takes the odd view in fully, a median can outvote it.
 import matplotlib.pyplot as plt
 
-from trellis_mv.pipeline import run_multi_image
+from trellis_mv import run_multi_image
 from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, input_views, iou, make_shape, render
 
 pipeline = ProxyPipeline()
@@ -72,8 +72,9 @@ for i in range(3):
     odd_shape = make_shape(HELD_OUT_SEED + 100 + i)
     odd = list(input_views(odd_shape.occupancy, odd_shape.colors, ["front"]))
     for title, (agg, with_odd) in runs.items():
-        result, patches = run_multi_image(pipeline, views + odd if with_odd else views, mode=agg, seed=i,
-                                          num_samples=2, params=params, verbose=False)
+        run = run_multi_image(pipeline, views + odd if with_odd else views, mode=agg, seed=i, num_samples=2,
+                              params=params)
+        result, patches = run.output, run.patches
         scores[title] += [iou(result.occupancy[k], shape.occupancy) for k in range(2)]
         if i == 0:
             pictures.append((title, result.occupancy[0], result.colors[0]))

@@ -6,7 +6,7 @@ TRELLIS.2 samples three stages, each with its own sampler: the sparse structure 
 latent), the shape and the texture (sparse latents). The proxy model (:doc:`/proxy`) has
 two, ``sparse_structure`` and ``texture``, built the same way. Each stage may take its own
 aggregator: here ``stochastic`` (one view per step, in turn) for the structure and the
-first view alone for the texture. :func:`trellis_mv.pipeline.run_multi_image` patches
+first view alone for the texture. :func:`trellis_mv.run_multi_image` patches
 every stage's sampler at once and restores them all however the run ends.
 """
 
@@ -14,7 +14,7 @@ every stage's sampler at once and restores them all however the run ends.
 # Four views of a held-out shape, as the benchmark renders them.
 import matplotlib.pyplot as plt
 
-from trellis_mv.pipeline import run_multi_image
+from trellis_mv import run_multi_image
 from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, color_error, input_views, iou, make_shape, render
 
 VIEWS = ["front", "right", "back", "left"]
@@ -35,7 +35,8 @@ plans = {
 }
 results = {}
 for title, plan in plans.items():
-    result, patches = run_multi_image(pipeline, images, seed=0, verbose=False, **plan)
+    run = run_multi_image(pipeline, images, seed=0, **plan)
+    result, patches = run.output, run.patches
     results[title] = result
     print(title.replace("\n", " "))
     for stage, patch in patches.items():

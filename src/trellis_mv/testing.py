@@ -35,7 +35,7 @@ import torch
 
 from . import _tensors as T
 from ._patch import patch_sampler
-from ._registry import get_registry, instantiate
+from ._registry import resolve
 from ._spec import Aggregator
 from .samplers import (
     FlowEulerGuidanceIntervalSampler,
@@ -368,11 +368,6 @@ def _describe(problem: Problem) -> str:
 
 
 def _factory(aggregator: str | type | Aggregator, options: dict[str, Any]) -> Callable[[], Aggregator]:
-    if isinstance(aggregator, str):
-        factory = get_registry().info(aggregator).factory
-        return lambda: instantiate(factory, options)
-    if isinstance(aggregator, type):
-        return lambda: instantiate(aggregator, options)  # type: ignore[arg-type]
-    if options:
-        raise TypeError("options go with an aggregator name or class, not an instance")
-    return lambda: aggregator  # type: ignore[return-value]
+    """A fresh aggregator per call (names and classes), or the instance itself."""
+    first = resolve(aggregator, options=options)
+    return (lambda: resolve(aggregator, options=options)) if isinstance(aggregator, (str, type)) else (lambda: first)

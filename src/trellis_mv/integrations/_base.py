@@ -145,5 +145,15 @@ class PipelineAdapter:
             else:
                 del pipeline.get_cond
 
+    @staticmethod
+    def save_views(result: Any, folder: Path) -> list[str]:
+        """The views as the model saw them (after preprocessing), ``view_I.png``."""
+        files = []
+        for i, view in enumerate(result.views):
+            if isinstance(view, Image.Image):
+                view.save(folder / f"view_{i}.png")
+                files.append(f"view_{i}.png")
+        return files
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.pipeline).__name__})"

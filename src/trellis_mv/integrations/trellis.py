@@ -95,8 +95,4 @@ class TrellisAdapter(PipelineAdapter):
         for k, (gaussian, mesh) in enumerate(zip(out["gaussian"], out["mesh"])):
             postprocessing_utils.to_glb(gaussian, mesh, verbose=False).export(str(folder / f"sample_{k}.glb"))
             files.append(f"sample_{k}.glb")
-        for i, view in enumerate(result.views):
-            if hasattr(view, "save"):
-                view.save(folder / f"view_{i}.png")
-                files.append(f"view_{i}.png")
-        return files
+        return files + self.save_views(result, folder)

@@ -29,7 +29,7 @@ import torch
 from .._errors import ImageError, ModelNotAvailable, ParameterError
 from ._base import PipelineAdapter, pipeline_config
 
-__all__ = ["DEFAULT_MODEL", "PIPELINE_TYPES", "Trellis2Adapter"]
+__all__ = ["DEFAULT_MODEL", "PIPELINE_TYPES", "Trellis2Adapter", "export_glb", "export_video", "required_models"]
 
 DEFAULT_MODEL = "microsoft/TRELLIS.2-4B"
 
@@ -165,11 +165,7 @@ class Trellis2Adapter(PipelineAdapter):
             export_glb(mesh, folder / f"sample_{k}.glb", decimation_target=self.decimation_target,
                        texture_size=self.texture_size)
             files.append(f"sample_{k}.glb")
-        for i, view in enumerate(result.views):
-            if hasattr(view, "save"):
-                view.save(folder / f"view_{i}.png")
-                files.append(f"view_{i}.png")
-        return files
+        return files + self.save_views(result, folder)
 
 
 def _envmap(path: str | os.PathLike[str] | None, device: Any) -> Any:

@@ -183,3 +183,6 @@ class ProxyPipeline:
         from trellis_mv.proxy._export import export_result
 
         return export_result(result, folder)
+
+
+# -- end of the adapter
