@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from . import _tensors as T
+from ._distributed import rows_for
 from ._errors import AggregatorError, PatchError
 from ._registry import Registry, resolve
 from ._spec import Aggregator
@@ -119,6 +120,7 @@ def patch_sampler(
     cameras: Sequence[Any] | None = None,
     frame: Any = None,
     registry: Registry | None = None,
+    group: Any = None,
     **options: Any,
 ) -> Iterator[Patch]:
     """Make every ``sampler.sample(...)`` inside the block multi-view.
@@ -144,6 +146,10 @@ def patch_sampler(
     :param frame: 3x3 map from the object frame (x right, y up, z front) to the latent's
         axes, for ``step.view_directions`` (default: identity).
     :param registry: where names are looked up (default: :func:`get_registry`).
+    :param group: a ``torch.distributed`` process group (e.g. ``torch.distributed.group.WORLD``
+        under ``torchrun``) over whose ranks the views' rows of each forward are spread; every
+        rank runs the same sampling and ends each step with the same latent. ``model_calls``
+        and ``batch_rows`` then count this rank's forwards. See :mod:`trellis_mv._distributed`.
     :param options: the aggregator's options, when it is given by name or class.
     :yields: a :class:`Patch` that counts model calls and records each step.
 
@@ -165,6 +171,7 @@ def patch_sampler(
     user_cameras = normalise_cameras(cameras)
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
         raise PatchError(f"max_batch must be a positive integer or None; got max_batch={max_batch!r}")
+    rows = rows_for(group)
 
     patch = Patch(sampler=sampler, aggregator=agg, stage=stage)
     where = f" in stage {stage!r}" if stage else ""
@@ -239,6 +246,7 @@ def patch_sampler(
             sampler=sampler, inference=orig_inference, model=model, x_t=x_t, t=float(t), kwargs=kwargs,
             views=views, index=run.step, num_steps=run.num_steps, run=run.index, stage=stage,
             state=run.state, max_batch=max_batch, counter=counter, diagnostics=patch.diagnostics, frame=frame,
+            rows=rows,
         )
         # a step that needs the negative branch alone (guidance strength 0) is the core's, not the aggregator's
         pred = agg(step) if step.needs_positive else step.guide(None)

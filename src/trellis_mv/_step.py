@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from . import _tensors as T
+from ._distributed import LocalRows
 from ._errors import AggregatorError
 from ._views import Views, camera_directions
 
@@ -68,6 +69,7 @@ class Step:
         counter: _Counter,
         diagnostics: dict[str, Any] | None = None,
         frame: Any = None,
+        rows: Any = None,
     ) -> None:
         self.x_t = x_t
         self.t = float(t)
@@ -90,6 +92,7 @@ class Step:
         self._counter = counter
         self._diagnostics = diagnostics if diagnostics is not None else {}
         self._frame = frame
+        self._rows = rows if rows is not None else LocalRows()
         self._plan: tuple[bool, bool, dict[str, Any]] | None = None
         self._neg: Any = None
 
@@ -143,28 +146,32 @@ class Step:
 
     # -- model evaluations ---------------------------------------------------------------
     def _forward(self, conds: list[torch.Tensor]) -> list[Any]:
-        """Evaluate the model on copies of ``x_t`` paired with each conditioning row."""
+        """Evaluate the model on copies of ``x_t`` paired with each conditioning row.
+
+        Where the rows are evaluated (here, or spread over a process group) is the patch's
+        row strategy; ``max_batch`` caps the rows of each forward either way.
+        """
+        per_call = max(1, self._max_batch // self.batch_size) if self._max_batch else None
+        return self._rows.evaluate(self, conds, per_call, self._forward_chunk)
+
+    def _forward_chunk(self, chunk: list[torch.Tensor]) -> list[Any]:
+        """One forward of ``len(chunk)`` copies of ``x_t``, one conditioning row each."""
         model_kwargs = self._ensure_plan()[2]
         b = self.batch_size
-        per_call = len(conds) if not self._max_batch else max(1, self._max_batch // b)
-        outs: list[Any] = []
-        for start in range(0, len(conds), per_call):
-            chunk = conds[start : start + per_call]
-            k = len(chunk)
-            x = T.repeat_batch(self.x_t, k)
-            c = torch.cat([self._expand(row) for row in chunk])
-            mkw = {
-                key: T.repeat_batch(v, k)
-                if (isinstance(v, torch.Tensor) or T.is_sparse(v)) and getattr(v, "shape", (None,))[0] == b
-                else v
-                for key, v in model_kwargs.items()
-            }
-            t_in = torch.full((k * b,), 1000 * self.t, dtype=torch.float32, device=c.device)
-            y = self._model(x, t_in, c, **mkw)
-            self._counter.forwards += 1
-            self._counter.rows += k * b
-            outs.extend(T.split_batch(y, self.x_t, k))
-        return outs
+        k = len(chunk)
+        x = T.repeat_batch(self.x_t, k)
+        c = torch.cat([self._expand(row) for row in chunk])
+        mkw = {
+            key: T.repeat_batch(v, k)
+            if (isinstance(v, torch.Tensor) or T.is_sparse(v)) and getattr(v, "shape", (None,))[0] == b
+            else v
+            for key, v in model_kwargs.items()
+        }
+        t_in = torch.full((k * b,), 1000 * self.t, dtype=torch.float32, device=c.device)
+        y = self._model(x, t_in, c, **mkw)
+        self._counter.forwards += 1
+        self._counter.rows += k * b
+        return T.split_batch(y, self.x_t, k)
 
     def predict(self, views: Iterable[int] | None = None) -> list[Any]:
         """The conditional prediction of each view (all views when ``views`` is None).

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ._distributed import process_group_from_env, writes_outputs
 from ._errors import ParameterError, TrellisMVError, ViewError
 from ._registry import get_registry
 from ._views import parse_camera
@@ -115,12 +116,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from ._outputs import check_output
 
     check_output(args.out, overwrite=args.overwrite)  # before loading any model
-    adapter = load_adapter(args.model, device=args.device, **options)
-    if hasattr(adapter, "verbose"):
-        adapter.verbose = not args.quiet
-    summary = generate(adapter, images, args.out, overwrite=args.overwrite, cameras=cameras,
-                       **_run_options(args, adapter))
-    _report(summary, args)
+    with process_group_from_env() as group:  # under torchrun: one sample, its views spread over the ranks
+        adapter = load_adapter(args.model, device=args.device, **options)
+        if hasattr(adapter, "verbose"):
+            adapter.verbose = not args.quiet and writes_outputs(group)
+        summary = generate(adapter, images, args.out, overwrite=args.overwrite, cameras=cameras, group=group,
+                           **_run_options(args, adapter))
+        if writes_outputs(group):
+            _report(summary, args)
     return 0
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._distributed import rows_for, writes_outputs
 from ._errors import ParameterError
 from ._images import load_images
 from ._outputs import MARKER, check_output, output_folder
@@ -145,12 +146,15 @@ def patch_stages(
     cameras: Sequence[Any] | None = None,
     frame: Any = None,
     registry: Registry | None = None,
+    group: Any = None,
 ) -> Iterator[dict[str, Patch]]:
     """Patch every stage's sampler with its aggregator; all are restored on exit.
 
     Stages that share one sampler instance share one patch (labelled ``"a+b"``), which
-    needs the same aggregator for both; different ones are an error.
+    needs the same aggregator for both; different ones are an error. ``group``: as in
+    :func:`~trellis_mv.patch_sampler`.
     """
+    process_group = group  # the name `group` is taken below by stages sharing a sampler
     groups: dict[int, list[str]] = {}
     for stage in aggregators:
         groups.setdefault(id(samplers[stage]), []).append(stage)
@@ -167,7 +171,7 @@ def patch_stages(
                     )
             patch = stack.enter_context(patch_sampler(
                 samplers[group[0]], first, weights=weights, stage="+".join(group), max_batch=max_batch,
-                cameras=cameras, frame=frame,
+                cameras=cameras, frame=frame, group=process_group,
             ))
             patches.update(dict.fromkeys(group, patch))
         yield patches
@@ -308,6 +312,7 @@ def run_multi_image(
     num_samples: int = 1,
     cameras: Sequence[Any] | None = None,
     registry: Registry | None = None,
+    group: Any = None,
 ) -> MultiViewResult:
     """One generation of ``adapter`` steered by several views of one object.
 
@@ -327,14 +332,18 @@ def run_multi_image(
     :param cameras: one camera per view (``"front"``, ``"90,20"``, ``(az, el)`` or None),
         for aggregators that use them (``step.cameras``).
     :param registry: where aggregator names are looked up (default: the installed plugins).
+    :param group: a ``torch.distributed`` process group over whose ranks each step's views are
+        spread (one sample, several GPUs; every rank calls this with the same arguments); see
+        :func:`~trellis_mv.patch_sampler`.
     """
+    rows_for(group)  # a bad group is refused before any model work
     plan = _plan(adapter, images, mode=mode, stages=stages, weights=weights, max_batch=max_batch, params=params,
                  seed=seed, num_samples=num_samples, cameras=cameras, registry=registry)
     with _lock(adapter):
         views = adapter.prepare(plan.views)
         start = time.perf_counter()
         with patch_stages(adapter.samplers, plan.aggregators, weights=plan.weights, max_batch=plan.max_batch,
-                          cameras=plan.cameras, frame=getattr(adapter, "latent_frame", None)) as patches:
+                          cameras=plan.cameras, frame=getattr(adapter, "latent_frame", None), group=group) as patches:
             output = adapter.sample(views, seed=plan.seed, num_samples=plan.num_samples, params=plan.params)
         seconds = time.perf_counter() - start
     inputs = [str(im) if isinstance(im, (str, os.PathLike)) else f"view {i}" for i, im in enumerate(images)]
@@ -359,9 +368,15 @@ def generate(
     unless ``overwrite``, which replaces its whole content; a folder holding files that
     trellis-mv did not write is never overwritten.
 
+    With ``group`` (a keyword of :func:`run_multi_image`), rank 0 alone writes; the other
+    ranks sample along and return ``{}``.
+
     :param run: the keyword arguments of :func:`run_multi_image`.
     :returns: the summary, also written as ``summary.json``; ``outputs`` lists the files.
     """
+    if not writes_outputs(run.get("group")):
+        run_multi_image(adapter, images, **run)
+        return {}
     check_output(out_dir, overwrite=overwrite)
     start = time.perf_counter()
     with output_folder(out_dir, overwrite=overwrite) as staging:
