@@ -14,6 +14,7 @@ from typing import Any
 
 from ._errors import TrellisMVError
 from ._registry import get_registry
+from .app import add_command as add_app_command
 from .pipeline import parse_stage, parse_stage_values
 
 __all__ = ["build_parser", "main"]
@@ -159,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--envmap", default=None, help="HDR/EXR environment map for the turntable video")
     g.add_argument("--no-video", action="store_true", help="skip the turntable MP4")
     p.set_defaults(func=_cmd_generate)
+
+    add_app_command(sub)
     return parser
 
 
