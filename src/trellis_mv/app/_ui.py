@@ -51,10 +51,12 @@ class App:
             atexit.register(shutil.rmtree, self.work_dir, True)
         self._runs: deque[Path] = deque()
         self._count = itertools.count(1)
+        self.last_run = 0
 
     def new_run_dir(self) -> Path:
         """A fresh output folder; the oldest beyond the last ``KEEP_RUNS`` are deleted."""
-        path = self.work_dir / f"run-{next(self._count):05d}-{time.strftime('%H%M%S')}"
+        self.last_run = next(self._count)
+        path = self.work_dir / f"run-{self.last_run:05d}-{time.strftime('%H%M%S')}"
         self._runs.append(path)
         while len(self._runs) > KEEP_RUNS:
             shutil.rmtree(self._runs.popleft(), ignore_errors=True)
@@ -90,7 +92,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     seconds = summary.get("seconds", {}).get("total", "?")
     shown = f" ({', '.join(views)})" if views else ""
     return (f"**{summary.get('num_views')} views**{shown} · aggregators: {aggs} · seed {summary.get('seed')} · "
-            f"{seconds} s in all")
+            f"{seconds} s in all. Below: each photo above a render of the result from its view, then other sides.")
 
 
 def cost_markdown(summary: dict[str, Any]) -> str:
@@ -102,6 +104,8 @@ def cost_markdown(summary: dict[str, Any]) -> str:
         secs = seconds.get(stage, next((v for k, v in seconds.items() if stage in k.split("+")), None))
         rows.append(f"| {stage} | {agg} | {calls.get(stage, '?')} | {'?' if secs is None else f'{secs:.2f}'} |")
     total = summary.get("seconds", {}).get("total")
+    if total is not None and seconds:
+        rows.append(f"| rest: reading photos, writing mesh and picture | | | {total - sum(seconds.values()):.2f} |")
     rows.append(f"| **total** | | **{calls.get('total', '?')}** | **{total if total is not None else '?'}** |")
     return "\n".join(rows)
 
@@ -119,7 +123,7 @@ def _progress(progress: Any, stages: Sequence[str], runs: int = 1) -> Callable[[
 
     def on_stage(label: str) -> None:
         k = next(done)
-        progress((k, len(stages) * runs), desc=f"stage {label}")
+        progress((k, len(stages) * runs), desc=f"stage {label}", unit="stages")
 
     return on_stage
 
@@ -175,7 +179,7 @@ def build_app(app: App) -> gr.Blocks:
                                              clear_color=(0.15, 0.15, 0.15, 1.0))
                         summary_md = gr.Markdown(elem_id="summary")
                         picture = gr.Image(label="Input views above renders of the result", elem_id="picture",
-                                           type="filepath", interactive=False)
+                                           type="filepath", interactive=False, show_label=False)
                         cost_md = gr.Markdown(elem_id="cost")
                         files = gr.File(label="Downloads: GLB, picture, summary JSON", file_count="multiple",
                                         interactive=False, elem_id="downloads")
@@ -199,7 +203,7 @@ def build_app(app: App) -> gr.Blocks:
                                         gr.Model3D(label=f"Result {k + 1}", height=240, elem_id=f"cmp-model3d-{k}",
                                                    clear_color=(0.15, 0.15, 0.15, 1.0)),
                                         gr.Image(label=f"Views {k + 1}", type="filepath", interactive=False,
-                                                 elem_id=f"cmp-picture-{k}"),
+                                                 elem_id=f"cmp-picture-{k}", show_label=False),
                                         gr.Markdown(elem_id=f"cmp-cost-{k}"),
                                         gr.File(label=f"Downloads {k + 1}", file_count="multiple", interactive=False,
                                                 elem_id=f"cmp-downloads-{k}"),
@@ -218,10 +222,11 @@ def build_app(app: App) -> gr.Blocks:
                     seed=data[seed], steps=data[steps], guidance=data[guidance], registry=app.registry,
                 )
                 summary, out = app.generate(opts, _progress(progress, app.stages))
+                number = app.last_run
             except Exception as exc:
                 return [_error(exc), *empty]
             glb, png, paths = _outputs(summary, out)
-            done = f"Done: {summary.get('num_views')} views, {summary.get('seconds', {}).get('total', '?')} s."
+            done = f"Done (run {number}): {summary.get('num_views')} views, {summary.get('seconds', {}).get('total', '?')} s."
             return [done, glb, summary_markdown(summary), png, cost_markdown(summary), paths]
 
         run_btn.click(
@@ -253,7 +258,8 @@ def build_app(app: App) -> gr.Blocks:
                 spec, summary, out = results[k]
                 glb, png, paths = _outputs(summary, out)
                 shown += [f"### {spec}\n{summary_markdown(summary)}", glb, png, cost_markdown(summary), paths]
-            return [f"Done: compared {', '.join(r[0] for r in results)} on {results[0][1].get('num_views')} views.", *shown]
+            return [f"Done (run {app.last_run}): compared {', '.join(r[0] for r in results)} on "
+                    f"{results[0][1].get('num_views')} views.", *shown]
 
         cmp_btn.click(
             on_compare, inputs={*common, *(c for pair in cmp_inputs for c in pair)},
