@@ -112,11 +112,11 @@ def pipeline():
 
 def test_stage_clock_times_each_stage_and_restores(pipeline, tmp_path):
     before = {s: dict(vars(x)) for s, x in pipeline.samplers.items()}
-    started = []
-    with stage_clock(pipeline, started.append) as seconds:
+    events = []
+    with stage_clock(pipeline, lambda label, finished: events.append((label, finished))) as seconds:
         summary = run(pipeline, proxy.example_images()[:2], tmp_path / "a", params={s: {"steps": 2} for s in STAGES},
                       cameras=[None, (300.0, 10.0)])
-    assert started == list(STAGES)
+    assert events == [(s, finished) for s in STAGES for finished in (False, True)]
     assert set(seconds) == set(STAGES) and all(v > 0 for v in seconds.values())
     assert sum(seconds.values()) <= summary["seconds"]["total"]
     assert {s: dict(vars(x)) for s, x in pipeline.samplers.items()} == before

@@ -65,10 +65,10 @@ def _samplers(pipeline: Any) -> Mapping[str, Any]:
 
 
 @contextmanager
-def stage_clock(pipeline: Any, on_stage: Callable[[str], None] | None = None) -> Iterator[dict[str, float]]:
+def stage_clock(pipeline: Any, on_stage: Callable[[str, bool], None] | None = None) -> Iterator[dict[str, float]]:
     """Seconds spent in each stage's ``sampler.sample`` during the block (a cascade's calls add up).
 
-    ``on_stage(name)`` is called as each stage starts (the page's progress bar). Stages that
+    ``on_stage(name, finished)`` is called as each stage starts and ends (the page's progress bar). Stages that
     share one sampler instance are timed together under ``"a+b"``. Each sampler is restored
     when the block ends; the app runs one request at a time, so no other run sees the wrapper.
     """
@@ -87,12 +87,14 @@ def stage_clock(pipeline: Any, on_stage: Callable[[str], None] | None = None) ->
 
             def timed(*args: Any, _original: Any = original, _label: str = label, **kwargs: Any) -> Any:
                 if on_stage is not None:
-                    on_stage(_label)
+                    on_stage(_label, False)
                 start = time.perf_counter()
                 try:
                     return _original(*args, **kwargs)
                 finally:
                     seconds[_label] = seconds.get(_label, 0.0) + time.perf_counter() - start
+                    if on_stage is not None:
+                        on_stage(_label, True)
 
             object.__setattr__(sampler, "sample", timed)
             wrapped.append((sampler, own, original))

@@ -62,7 +62,7 @@ class App:
             shutil.rmtree(self._runs.popleft(), ignore_errors=True)
         return path
 
-    def generate(self, opts: RunOptions, on_stage: Callable[[str], None] | None = None) -> tuple[dict[str, Any], Path]:
+    def generate(self, opts: RunOptions, on_stage: Callable[[str, bool], None] | None = None) -> tuple[dict[str, Any], Path]:
         """Run ``opts`` on the shared pipeline; returns the summary (with per-stage seconds) and the folder."""
         out = self.new_run_dir()
         with self.lock, stage_clock(self.pipeline, on_stage) as seconds:
@@ -118,12 +118,16 @@ def _error(exc: BaseException) -> str:
             "the server log has the details.")
 
 
-def _progress(progress: Any, stages: Sequence[str], runs: int = 1) -> Callable[[str], None]:
-    done = itertools.count()
+def _progress(progress: Any, stages: Sequence[str], runs: int = 1) -> Callable[[str, bool], None]:
+    started = [0]
+    total = len(stages) * runs
 
-    def on_stage(label: str) -> None:
-        k = next(done)
-        progress((k, len(stages) * runs), desc=f"stage {label}", unit="stages")
+    def on_stage(label: str, finished: bool) -> None:
+        if not finished:
+            progress((started[0], total), desc=f"stage {label}", unit="stages")
+            started[0] += 1
+        elif label.split("+")[-1] == stages[-1]:
+            progress((started[0], total), desc="writing the mesh and the picture", unit="stages")
 
     return on_stage
 
