@@ -127,6 +127,27 @@ def test_stage_clock_times_each_stage_and_restores(pipeline, tmp_path):
     assert {s: dict(vars(x)) for s, x in pipeline.samplers.items()} == before
 
 
+def test_a_failed_run_leaves_the_app_serving(pipeline, monkeypatch, tmp_path):
+    ui = pytest.importorskip("trellis_mv.app._ui", reason="the app needs gradio: pip install 'trellis-mv[app]'")
+    app = ui.App(pipeline, work_dir=tmp_path)
+    opts = run_options([str(p) for p in proxy.example_images()[:2]], "", STAGES, {}, steps="2")
+    before = {s: dict(vars(x)) for s, x in pipeline.samplers.items()}
+
+    def broken(pipe, *args, **kwargs):
+        pipe.samplers["texture"].sample(None, None, None)  # fails inside a stage
+
+    monkeypatch.setattr(ui, "run", broken)
+    with pytest.raises(TypeError) as failed:
+        app.generate(opts)
+    message = ui._error(failed.value)
+    assert message.startswith("**Error:** the run failed (TypeError:") and "still serving" in message
+    assert not app.lock.locked() and {s: dict(vars(x)) for s, x in pipeline.samplers.items()} == before
+    monkeypatch.undo()
+    summary, out = app.generate(opts)
+    assert summary["num_views"] == 2 and (out / "mesh.glb").is_file()
+    assert set(summary["stage_seconds"]) == set(STAGES)
+
+
 def test_cli_registers_app_without_importing_gradio():
     args = build_parser().parse_args(["app", "--port", "8123"])
     assert (args.command, args.port, args.model, args.host) == ("app", 8123, "proxy", "127.0.0.1")
