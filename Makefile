@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(PLUGINS))
 
-.PHONY: setup demo test check docs wheels clean
+.PHONY: setup demo app test check docs wheels clean
 
 $(BIN)/.installed: pyproject.toml $(PLUGINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ setup: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/trellis-mv demo --out out/demo --overwrite
+
+# the web page on http://127.0.0.1:7860 (proxy model, CPU)
+app: $(BIN)/.installed
+	$(BIN)/trellis-mv app
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .

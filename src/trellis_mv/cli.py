@@ -20,6 +20,7 @@ from ._distributed import process_group_from_env, writes_outputs
 from ._errors import ParameterError, TrellisMVError, ViewError
 from ._registry import get_registry
 from ._views import parse_camera
+from .app import add_command as add_app_command
 from .pipeline import generate, load_adapter, parse_stage, parse_stage_values
 
 __all__ = ["build_parser", "main", "split_image_camera"]
@@ -189,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("TRELLIS.2 and TRELLIS")
     g.add_argument("--no-preprocess", action="store_true", help="images are already cropped and matted")
     p.set_defaults(func=_cmd_generate)
+
+    add_app_command(sub)
     return parser
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ._distributed import rows_for, writes_outputs
-from ._errors import ParameterError
+from ._errors import ModelNotAvailable, ParameterError
 from ._images import load_images
 from ._outputs import MARKER, check_output, output_folder
 from ._params import DIALECTS, check_int, check_sampler_params, check_seed
@@ -426,8 +426,11 @@ def load_adapter(model: str = "proxy", *, device: str | None = None, **options: 
         from .proxy import ProxyPipeline
 
         return ProxyPipeline(device=device or "cpu", **options)
-    from .integrations._base import pipeline_name
+    from .integrations._base import importable, pipeline_name
+    from .integrations.trellis2 import Trellis2Adapter
 
+    if not (importable("trellis2") or importable("trellis")):  # say so before any download
+        raise ModelNotAvailable(Trellis2Adapter.install_hint)
     kind = pipeline_name(model)
     if kind == "Trellis2ImageTo3DPipeline":
         from .integrations.trellis2 import Trellis2Adapter

@@ -20,7 +20,20 @@ from PIL import Image
 
 from .._errors import ImageError, ModelNotAvailable, ParameterError
 
-__all__ = ["PipelineAdapter", "pipeline_config", "pipeline_name"]
+__all__ = ["PipelineAdapter", "importable", "pipeline_config", "pipeline_name"]
+
+
+def importable(package: str) -> bool:
+    """Whether ``package`` can be imported here (without importing it)."""
+    import importlib.util
+    import sys
+
+    if package in sys.modules:
+        return sys.modules[package] is not None
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def pipeline_config(model: str) -> dict[str, Any]:
