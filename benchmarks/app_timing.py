@@ -3,7 +3,7 @@
 Starts ``trellis-mv app`` in a subprocess (proxy model) and times it from launch to the first
 served page; then a headless Chromium uploads the four example photos and presses Run with
 the default steps (12 a stage), timed from the click to "Done" in the page. The same run
-without the app (``proxy.generate`` in a worker thread of this process) is timed between the page's runs, with
+without the app (``trellis_mv.generate`` in a worker thread of this process) is timed between the page's runs, with
 the page closed (its 3D viewer draws in software on the same cores), so the app's own cost
 shows as a difference measured side by side:
 
@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from playwright.sync_api import sync_playwright
 
+import trellis_mv
 from trellis_mv import proxy
 
 
@@ -86,7 +87,7 @@ def main() -> None:
                 reported.append(float(page.inner_text("#status").split(",")[1].split("s")[0]))
                 page.goto("about:blank")  # the 3D viewer draws in software on the same cores: stop it first
                 t = time.perf_counter()  # in a worker thread, as the server runs it (torch's threading differs)
-                pool.submit(proxy.generate, photos, work / f"direct{k}", pipeline=pipe, verbose=False).result()
+                pool.submit(trellis_mv.generate, pipe, photos, work / f"direct{k}").result()
                 direct_runs.append(time.perf_counter() - t)
             browser.close()
     finally:
@@ -101,7 +102,7 @@ def main() -> None:
         f"start: launch to first page served: {startup:.2f} s",
         f"run in the page, click to 'Done': {med(page_runs):.2f} s (runs: {', '.join(f'{x:.2f}' for x in page_runs)})",
         f"  of which the server's own total: {med(reported):.2f} s",
-        f"same run without the app (proxy.generate in a worker thread, interleaved): {med(direct_runs):.2f} s "
+        f"same run without the app (trellis_mv.generate in a worker thread, interleaved): {med(direct_runs):.2f} s "
         f"(runs: {', '.join(f'{x:.2f}' for x in direct_runs)})",
         f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (the machine may be shared)",
     ]
