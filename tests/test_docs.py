@@ -27,6 +27,7 @@ PUBLIC_MODULES = [
     "trellis_mv.proxy",
     "trellis_mv_weighted",
     "trellis_mv_consistency",
+    "trellis_mv_spatial",
 ]
 
 _DIRECTIVE = re.compile(r"^\.\. (auto\w+|currentmodule|module|literalinclude|include)::\s*(\S*)\s*$")
