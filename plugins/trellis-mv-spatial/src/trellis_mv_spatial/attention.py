@@ -62,7 +62,8 @@ def _fail(message: str) -> AggregatorOptionError:
 def query_entropy(q: torch.Tensor, k: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """Entropy of each query's softmax attention over the keys, normalised to ``[0, 1]``, mean over heads.
 
-    :param q: ``[B, H, Lq, D]`` queries; :param k: ``[B, H, Lk, D]`` keys (scaled by ``D ** -0.5``).
+    :param q: ``[B, H, Lq, D]`` queries.
+    :param k: ``[B, H, Lk, D]`` keys (the logits are scaled by ``D ** -0.5``).
     :returns: ``[B, Lq]``.
 
     >>> q = torch.zeros(1, 1, 1, 4); k = torch.randn(1, 1, 8, 4)
