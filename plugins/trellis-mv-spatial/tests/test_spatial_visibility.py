@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from spatial_helpers import run_proxy
-from trellis_mv_spatial import visibility
+from trellis_mv_spatial import _elements, visibility
 from trellis_mv_spatial.visibility import Visibility, voxel_visibility
 
 import trellis_mv
@@ -28,6 +28,7 @@ def test_is_registered_by_its_distribution():
 
 def test_doctests():
     assert doctest.testmod(visibility).failed == 0
+    assert doctest.testmod(_elements).failed == 0
 
 
 def test_no_camera_is_refused_before_model_work():

@@ -20,8 +20,9 @@ voxel cells). A model passed as a function that wraps such a module (a bound met
 Cost, on top of ``multidiffusion``'s forward: per cross-attention layer, the query and key
 projections again and the attention logits ``queries x image tokens`` per head, in float32,
 in chunks of at most ``chunk`` queries (memory ``chunk x heads x tokens`` floats a layer, freed
-at once): roughly a third to a half of the layer's own attention work; nothing persists
-between steps. Hooks live only during the step's forward; a model shared by threads running
+at once); nothing persists between steps. On TRELLIS.2's real flow models at four views
+(H100, bf16) a step takes 1.87x a ``multidiffusion`` step on the structure stage (+2.5 GiB
+peak) and 1.57x on the shape stage. Hooks live only during the step's forward; a model shared by threads running
 at once would mix their captures.
 
 >>> import torch, trellis_mv
