@@ -62,6 +62,13 @@ for ax, ((name, label), r) in zip(axes[1], runs.items()):
 fig.tight_layout()
 
 # %%
+# How much the wrong back view counted on the texture stage, averaged over the voxels
+# (``multidiffusion`` gives every view 1/4 everywhere and records nothing per element):
+for name in ("visibility", "robust"):
+    weights = patches[name, "wrong back view"]["texture"].diagnostics["view_weights"]
+    print(f"{name:<12} weight of the wrong view: {weights[2].mean():.3f}  (uniform: 0.250)")
+
+# %%
 # Which view drove each voxel of the texture stage: ``visibility`` on the clean views
 # (each side coloured by the camera facing it), then ``robust`` with the wrong back view.
 # The lower row of each picture is the views' disagreement: bright where they disagreed.
