@@ -120,6 +120,8 @@ def step_cost(stage: str, model: torch.nn.Module, x_t: Any, cond_all: torch.Tens
             ms, mem = timed(serial, repeats)
             record(config="serial loop (TRELLIS v1 style)", n=n, ms=ms, peak_gib=mem, forwards=n + 1, rows=n + 1)
             for info in trellis_mv.list_aggregators():
+                if getattr(info.factory, "needs_cameras", False):  # no cameras given here
+                    continue
                 with trellis_mv.patch_sampler(sampler, info.name, stage=stage) as patch:
                     ms, mem = timed(lambda cond=cond: sampler._inference_model(model, x_t, t, cond, neg_cond=neg,
                                                                                **guided), repeats)
@@ -243,7 +245,7 @@ def check(src: Path, device: str, keep: float) -> list[dict[str, Any]]:
         print(json.dumps(row), flush=True)
         return res
 
-    for agg in [info.name for info in trellis_mv.list_aggregators()]:
+    for agg in [info.name for info in trellis_mv.list_aggregators() if not getattr(info.factory, "needs_cameras", False)]:
         for n in (1, 2, 4):
             for samples in (1, 2):
                 one(agg, n, samples, "512")
@@ -255,7 +257,7 @@ def check(src: Path, device: str, keep: float) -> list[dict[str, Any]]:
     with _common.redirect_get_cond(pipe, lambda image, resolution, include_neg_cond=True: single):
         _, (ref_shape, ref_tex, _) = pipe.run(None, seed=7, preprocess_image=False, return_latent=True,
                                               pipeline_type="512")
-    for agg in [info.name for info in trellis_mv.list_aggregators()]:
+    for agg in [info.name for info in trellis_mv.list_aggregators() if not getattr(info.factory, "needs_cameras", False)]:
         res = trellis2.run_multi_image(pipe, None, mode=agg, pipeline_type="512", seed=7,
                                        conds={512: conds[512][:1]}, return_latent=True)
         shape, tex, _ = res.latents

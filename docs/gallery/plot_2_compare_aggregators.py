@@ -21,7 +21,8 @@ from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, input_views, 
 
 VIEWS, SHAPES, SAMPLES = ["front", "right", "back", "left"], 3, 2
 PARAMS = {stage: {"steps": 8} for stage in STAGES}
-names = [info.name for info in trellis_mv.list_aggregators()]
+# (aggregators that need each view's camera, such as ``visibility``, are shown in the spatial example)
+names = [info.name for info in trellis_mv.list_aggregators() if not getattr(info.factory, "needs_cameras", False)]
 print("installed:", ", ".join(names))
 
 pipeline = ProxyPipeline()

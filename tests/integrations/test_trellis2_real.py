@@ -16,7 +16,7 @@ from _trellis_harness import SHAPE_PARAMS, SS_PARAMS, tiny_pipeline, views
 import trellis_mv
 from trellis_mv.integrations import trellis2 as T2
 
-AGGREGATORS = [info.name for info in trellis_mv.list_aggregators()]
+AGGREGATORS = [info.name for info in trellis_mv.list_aggregators() if not getattr(info.factory, "needs_cameras", False)]
 
 
 def _latents(out: Any) -> tuple[Any, Any, int]:

@@ -168,6 +168,8 @@ class Visibility:
     fuses = True
     order_free = True
     weighted = True
+    #: refuses several views without cameras: a loop over every aggregator gives cameras or skips this one
+    needs_cameras = True
 
     def __init__(self, *, temperature: float = 4.0, floor: float = 0.05, require_cameras: bool = True) -> None:
         self.temperature = number_option("visibility", "temperature", temperature, low=0.0,
