@@ -49,7 +49,8 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     pipe = ProxyPipeline(device=a.device)
-    names = a.aggregators or [info.name if hasattr(info, "name") else str(info) for info in trellis_mv.list_aggregators()]
+    names = a.aggregators or [info.name for info in trellis_mv.list_aggregators()
+                              if not getattr(info.factory, "needs_cameras", False)]  # no cameras given here
     rows = []
     header = "| aggregator | N | IoU ↑ | Chamfer (vox) ↓ | colour err, unseen views ↓ | model calls | s / call (all samples) |"
     print(header)

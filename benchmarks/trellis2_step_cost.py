@@ -46,6 +46,8 @@ import upstream as _bootstrap
 import trellis_mv
 
 GIB = 1024**3
+#: the cameras of the views (spread around the object), for aggregators that use them
+CAMERAS = ["front", "right", "back", "left", "45", "135", "225", "315"]
 
 
 TINY: dict[str, Any] = {}
@@ -108,7 +110,7 @@ def step_cost(stage: str, model: torch.nn.Module, x_t: Any, cond_all: torch.Tens
             ms, mem = timed(serial, repeats)
             record(config="serial loop (TRELLIS v1 style)", n=n, ms=ms, peak_gib=mem, forwards=n + 1, rows=n + 1)
             for info in trellis_mv.list_aggregators():
-                with trellis_mv.patch_sampler(sampler, info.name, stage=stage) as patch:
+                with trellis_mv.patch_sampler(sampler, info.name, stage=stage, cameras=CAMERAS[:n]) as patch:
                     ms, mem = timed(lambda cond=cond: sampler._inference_model(model, x_t, t, cond, neg_cond=neg,
                                                                                **guided), repeats)
                 calls = patch.model_calls / (repeats + 1)
@@ -172,7 +174,7 @@ def check(src: Path, device: str, keep: float) -> list[dict[str, Any]]:
     def one(agg: str, n: int, samples: int, ptype: str) -> Any:
         sync()
         res = trellis_mv.run_multi_image(Trellis2Adapter(pipe, pipeline_type=ptype), encoded(n), mode=agg,
-                                         num_samples=samples, seed=7)
+                                         num_samples=samples, seed=7, cameras=CAMERAS[:n])
         _, (shape, tex, resolution) = res.output
         row = {"pipeline_type": ptype, "aggregator": agg, "n": n, "num_samples": samples,
                "voxels": int(shape.feats.shape[0]), "batch": int(shape.shape[0]), "resolution": resolution,
@@ -198,7 +200,7 @@ def check(src: Path, device: str, keep: float) -> list[dict[str, Any]]:
                                               pipeline_type="512")
     for agg in [info.name for info in trellis_mv.list_aggregators()]:
         res = trellis_mv.run_multi_image(Trellis2Adapter(pipe, pipeline_type="512"), encoded(1, (512,)), mode=agg,
-                                         seed=7)
+                                         seed=7, cameras=["front"])
         _, (shape, tex, _) = res.output
         same_coords = torch.equal(shape.coords, ref_shape.coords)
         row = {"compare": "N=1 vs unpatched run (pipeline_type 512)", "aggregator": agg, "same_coords": same_coords,

@@ -12,7 +12,8 @@ PYTHON=${PYTHON:-.venv/bin/python}
 VENV_PYTHON=${VENV_PYTHON:-python3}
 TORCH=${TORCH:-torch==2.13.0}
 EXPECTED="stochastic:trellis-mv single:trellis-mv multidiffusion:trellis-mv weighted:trellis-mv-weighted
-concat:trellis-mv-consistency consensus:trellis-mv-consistency"
+concat:trellis-mv-consistency consensus:trellis-mv-consistency
+visibility:trellis-mv-spatial attention:trellis-mv-spatial robust:trellis-mv-spatial"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -43,7 +44,7 @@ report, wheels = json.loads(pathlib.Path(sys.argv[1]).read_text()), pathlib.Path
 ours = {i["metadata"]["name"]: i["download_info"]["url"] for i in report["install"]
         if i["metadata"]["name"].startswith("trellis-mv")}
 wrong = {name: url for name, url in ours.items() if not url.startswith(wheels)}
-missing = {"trellis-mv", "trellis-mv-weighted", "trellis-mv-consistency"} - set(ours)
+missing = {"trellis-mv", "trellis-mv-weighted", "trellis-mv-consistency", "trellis-mv-spatial"} - set(ours)
 if wrong or missing:
     sys.exit(f"not installed from the built wheels: {wrong or ''} {sorted(missing) or ''}")
 EOF

@@ -25,10 +25,12 @@ PUBLIC_MODULES = [
     "trellis_mv.sparse",
     "trellis_mv.testing",
     "trellis_mv.proxy",
+    "trellis_mv.diagnostics",
     "trellis_mv.integrations.trellis2",
     "trellis_mv.integrations.trellis",
     "trellis_mv_weighted",
     "trellis_mv_consistency",
+    "trellis_mv_spatial",
 ]
 
 _DIRECTIVE = re.compile(r"^\.\. (auto\w+|currentmodule|module|literalinclude|include)::\s*(\S*)\s*$")

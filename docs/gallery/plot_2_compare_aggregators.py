@@ -41,7 +41,8 @@ for title, (name, n) in runs.items():
     for i, (shape, views) in enumerate(zip(shapes, inputs)):
         with warnings.catch_warnings():  # `stochastic` warns when views outnumber steps; not the case here
             warnings.simplefilter("ignore")
-            run = run_multi_image(pipeline, views[:n], mode=name, seed=i, num_samples=SAMPLES, params=PARAMS)
+            run = run_multi_image(pipeline, views[:n], mode=name, seed=i, num_samples=SAMPLES, params=PARAMS,
+                                  cameras=VIEWS[:n])
             result, patches = run.output, run.patches
         scores[title] += [iou(result.occupancy[k], shape.occupancy) for k in range(SAMPLES)]
         if i == 0:

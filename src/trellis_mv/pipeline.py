@@ -392,20 +392,27 @@ def generate(
 
 
 def _save_diagnostics(result: MultiViewResult, folder: Path) -> list[str]:
-    """Tensors the aggregators recorded (``step.record``), per stage, as ``diagnostics.npz``."""
+    """What the aggregators recorded (``step.record``): every tensor, per stage, as ``diagnostics.npz``; and
+    for the last sparse stage with per-voxel view weights, the dominant-view mesh and picture
+    (:func:`trellis_mv.diagnostics.save_diagnostics`)."""
     import numpy as np
     import torch
 
-    arrays = {}
+    from .diagnostics import save_diagnostics
+
+    arrays, per_voxel = {}, None
     for stage, patch in result.patches.items():
         for key, value in patch.diagnostics.items():
             values = getattr(value, "feats", value)
             if isinstance(values, torch.Tensor):
                 arrays[f"{stage}/{key}"] = values.detach().float().cpu().numpy()
+        if "view_weights" in patch.diagnostics and patch.diagnostics.get("coords") is not None:
+            per_voxel = patch
     if not arrays:
         return []
     np.savez_compressed(folder / "diagnostics.npz", **arrays)
-    return ["diagnostics.npz"]
+    written = [Path(p).name for p in save_diagnostics(per_voxel, None, folder)] if per_voxel is not None else []
+    return ["diagnostics.npz", *written]
 
 
 # -- adapters -------------------------------------------------------------------------------------

@@ -18,11 +18,13 @@ import trellis_mv
 from trellis_mv.integrations import trellis2 as T2
 
 AGGREGATORS = [info.name for info in trellis_mv.list_aggregators()]
+CAMERAS = ["front", "right", "back", "left"]
 
 
 def run2(pipe: Any, images: Any, *, pipeline_type: str | None = None, max_num_tokens: int = 49152, **kw: Any) -> Any:
     """One multi-view run through the core's run path with the TRELLIS.2 adapter."""
     adapter = T2.Trellis2Adapter(pipe, pipeline_type=pipeline_type, max_num_tokens=max_num_tokens)
+    kw.setdefault("cameras", [CAMERAS[i % 4] for i in range(len(images))])
     return trellis_mv.run_multi_image(adapter, images, **kw)
 
 
