@@ -84,7 +84,10 @@ def _bootstrap_ci(d: np.ndarray, rng: np.random.Generator, n: int = 10000) -> tu
 
 
 def _wilcoxon(d: np.ndarray) -> float:
-    from scipy.stats import wilcoxon
+    try:
+        from scipy.stats import wilcoxon
+    except ImportError as exc:
+        raise SystemExit("the Wilcoxon test needs scipy: pip install 'trellis-mv[bench]'") from exc
 
     d = d[d != 0]
     return float(wilcoxon(d).pvalue) if len(d) else 1.0

@@ -80,9 +80,8 @@ def test_regression_shipped_weights_use_their_views(pipe, i):
 
 
 def test_short_cpu_training_lowers_the_loss():
-    from trellis_mv.proxy.train import train
-
     from trellis_mv.proxy import ProxyConfig
+    from trellis_mv.proxy.train import train
 
     small = ProxyConfig(width=32, heads=2, encoder_layers=1, structure_blocks=2, texture_blocks=2)
     out = train(steps=6, batch=4, shapes=4, seed=0, lr=2e-3, log_every=100, verbose=False, config=small)
