@@ -19,6 +19,7 @@ from trellis_mv.proxy import (
     VIEW_SETS,
     fscore,
     make_shape,
+    palette_index,
     parse_view,
     reference_iou,
     render,
@@ -130,8 +131,7 @@ def test_wrong_colours_behind_the_front_count_as_hidden_errors_only():
     front_sees = visible_faces(occ, ["front"])[0].any(0)
     col = s.colors.copy()
     for idx in np.argwhere(s.occupancy & ~front_sees.numpy()):  # repaint every voxel the front does not see
-        true = int(((PALETTE - col[tuple(idx)]) ** 2).sum(1).argmin())
-        col[tuple(idx)] = PALETTE[(true + 1) % len(PALETTE)]
+        col[tuple(idx)] = PALETTE[(int(palette_index(col[tuple(idx)])) + 1) % len(PALETTE)]
     # colour is per voxel: a hidden face is right exactly when its voxel shows another face to the front
     seen_any = visible_faces(occ, VIEW_SETS[4]).any(0)
     hidden = seen_any & ~visible_faces(occ, ["front"])[0]

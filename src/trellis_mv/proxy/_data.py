@@ -40,19 +40,17 @@ GRID = 16
 HELD_OUT_SEED = 1_000_000_000
 
 #: Albedo colours (RGB in [0, 1]); saturated and distinct under shading.
-PALETTE = np.array(
-    [
-        [0.90, 0.15, 0.15],  # red
-        [0.15, 0.75, 0.20],  # green
-        [0.20, 0.35, 0.95],  # blue
-        [0.95, 0.85, 0.15],  # yellow
-        [0.15, 0.85, 0.85],  # cyan
-        [0.85, 0.25, 0.85],  # magenta
-        [0.95, 0.55, 0.10],  # orange
-        [0.92, 0.92, 0.92],  # white
-    ],
-    dtype=np.float32,
+PALETTE: tuple[tuple[float, float, float], ...] = (
+    (0.90, 0.15, 0.15),  # red
+    (0.15, 0.75, 0.20),  # green
+    (0.20, 0.35, 0.95),  # blue
+    (0.95, 0.85, 0.15),  # yellow
+    (0.15, 0.85, 0.85),  # cyan
+    (0.85, 0.25, 0.85),  # magenta
+    (0.95, 0.55, 0.10),  # orange
+    (0.92, 0.92, 0.92),  # white
 )
+_PAL = np.array(PALETTE, dtype=np.float32)
 _NAMES = ["red", "green", "blue", "yellow", "cyan", "magenta", "orange", "white"]
 #: Component ``k`` of a shape (``Shape.labels`` holds ``k`` per voxel, ``-1`` where empty).
 COMPONENTS = ("body", "front part", "right part", "back part", "left part", "top part")
@@ -95,7 +93,7 @@ def palette_index(colors: np.ndarray) -> np.ndarray:
     [0, 7]
     """
     c = np.asarray(colors, dtype=np.float32)
-    return ((c[..., None, :] - PALETTE) ** 2).sum(-1).argmin(-1)
+    return ((c[..., None, :] - _PAL) ** 2).sum(-1).argmin(-1)
 
 
 def _primitive(kind: str, centre: np.ndarray, half: np.ndarray) -> np.ndarray:
@@ -113,11 +111,11 @@ def _body(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     half = np.array([rng.uniform(0.3, 0.62), rng.uniform(0.22, 0.5), rng.uniform(0.3, 0.62)], dtype=np.float32)
     centre = np.array([rng.uniform(-0.12, 0.12), rng.uniform(-0.25, 0.05), rng.uniform(-0.12, 0.12)], dtype=np.float32)
     body = _primitive(kind, centre, half)
-    colours = rng.permutation(len(PALETTE))[:5]  # top/bottom, then front, right, back, left
+    colours = rng.permutation(len(_PAL))[:5]  # top/bottom, then front, right, back, left
     col = np.zeros((GRID,) * 3 + (3,), dtype=np.float32)
     d = (_P - centre) / half
     region = np.abs(d).argmax(-1)  # the side each body voxel is nearest to, in units of the half extents
-    col[body] = PALETTE[colours[0]]
+    col[body] = _PAL[colours[0]]
     desc = [f"{kind} body {_NAMES[colours[0]]}"]
     for n, (axis, sign) in enumerate(_PART_SIDES[:4]):
         paint = body & (region == axis) & (sign * d[..., axis] > 0)
@@ -126,9 +124,9 @@ def _body(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray,
             for other in (0, 1, 2):
                 if other != axis:
                     paint &= np.abs(d[..., other] - rng.uniform(-0.3, 0.3)) < rng.uniform(0.35, 0.6)
-        col[paint] = PALETTE[colours[1 + n]]
+        col[paint] = _PAL[colours[1 + n]]
         desc.append(f"{'side' if full else 'patch'} {COMPONENTS[1 + n].split()[0]} {_NAMES[colours[1 + n]]}")
-    side_colours = [PALETTE[colours[i]] for i in (1, 2, 3, 4, 0)]  # in the order of _PART_SIDES
+    side_colours = [_PAL[colours[i]] for i in (1, 2, 3, 4, 0)]  # in the order of _PART_SIDES
     return body, col, centre, half, side_colours, desc
 
 
@@ -137,7 +135,7 @@ def _part(
 ) -> tuple[np.ndarray | None, np.ndarray, str]:
     axis, sign = _PART_SIDES[side]
     if rng.random() >= _PART_CHANCE[side]:
-        return None, PALETTE[0], ""
+        return None, _PAL[0], ""
     kind = str(rng.choice(["box", "ellipsoid", "cylinder"]))
     phalf = rng.uniform(0.12, 0.3, size=3).astype(np.float32)
     pc = centre.copy()
@@ -145,7 +143,7 @@ def _part(
         if other != axis:
             pc[other] += rng.uniform(-0.7, 0.7) * half[other]
     pc[axis] = centre[axis] + sign * (half[axis] + 0.5 * phalf[axis])
-    choices = [i for i in range(len(PALETTE)) if not np.allclose(PALETTE[i], side_colour)]
+    choices = [i for i in range(len(_PAL)) if not np.allclose(_PAL[i], side_colour)]
     colour = int(rng.choice(choices))
     part = _primitive(kind, pc, phalf)
     for _ in range(12):  # slide it in until it touches the body (ellipsoids and cylinders curve away)
@@ -154,7 +152,7 @@ def _part(
             break
         pc[axis] -= sign * 0.0625
         part = _primitive(kind, pc, phalf)
-    return part, PALETTE[colour], f"{kind} on {COMPONENTS[1 + side].split()[0]} {_NAMES[colour]}"
+    return part, _PAL[colour], f"{kind} on {COMPONENTS[1 + side].split()[0]} {_NAMES[colour]}"
 
 
 def make_shape(seed: int, redraw: Mapping[int, int] | None = None) -> Shape:
