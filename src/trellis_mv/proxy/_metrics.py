@@ -201,8 +201,10 @@ def reference_iou(shape: Shape, given_views: Sequence[str | View], samples: int 
       renders from the given views equal the original's pixel for pixel (rejection
       sampling: so a redrawn part that would show, or a part the views show to be absent,
       is never kept). ``samples`` kept draws are averaged; when fewer are found in
-      ``max_rounds`` rounds of ``batch`` draws, the mean is over those found (the original
-      itself counts as one, so there is always one).
+      ``max_rounds`` rounds of ``batch`` draws, the mean is over those found, and it is 1
+      when none is found or when the views show every component. Components the views show
+      keep all their draws even where the views show only part of them, so this is an
+      upper bound on what a model can reach from these views.
     * ``random``: the mean IoU of ``shape`` with ``samples`` other held-out shapes.
 
     >>> ref = reference_iou(make_shape(HELD_OUT_SEED), ["front"], samples=2)
