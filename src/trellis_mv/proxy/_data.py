@@ -1,55 +1,67 @@
 """Synthetic 3D shapes with known ground truth, deterministic by seed.
 
-A shape is a coloured body (box, sphere or cylinder) with one to three smaller parts
-attached to some of its sides and, sometimes, a painted patch on one face. A part on the
-back is hidden from the front, so a single view is genuinely ambiguous and more views
-carry more information. Everything lives on a ``16^3`` voxel grid inside the ball of
-radius 1 centred on the grid, so every view at any angle sees the whole shape.
+A shape is a body (box, ellipsoid or cylinder, with width, height and depth drawn
+independently and its centre off the middle) whose four sides are painted each in its
+own colour (the whole side or a patch on it; top and bottom share a fifth), and up to
+five smaller parts, one per side (front, right, back, left, top), each present or not, of
+its own kind, size, position and colour. So every side of an object looks different: the
+front view cannot tell the colour of the back, a part behind the body is hidden from the
+front, and the depth of a part on the side shows only from above or from that side.
+Everything lives on a ``16^3`` voxel grid inside the ball of radius 1 centred on the
+grid, so every view at any angle sees the whole shape.
 
 Coordinates: voxel ``(i, j, k)`` has its centre at ``((i, j, k) + 0.5) / 8 - 1`` in
 ``[-1, 1]^3``; ``+y`` is up and the *front* camera looks from ``+z``.
 
+Each component draws from its own random stream (``numpy`` seeded with ``[seed, k]``):
+``k = 0`` the body and its paint, ``k = 1..5`` the part on each side. Replacing the stream of
+some components and keeping the others (``make_shape(seed, redraw=...)``) gives a shape
+that agrees with the original wherever those components do not show: this is how
+:func:`~trellis_mv.proxy.reference_iou` samples what the given views cannot see.
+
 >>> a, b = make_shape(7), make_shape(7)
 >>> bool((a.occupancy == b.occupancy).all() and (a.colors == b.colors).all())
 True
->>> a.occupancy.shape, a.colors.shape
-((16, 16, 16), (16, 16, 16, 3))
+>>> a.occupancy.shape, a.colors.shape, a.labels.shape
+((16, 16, 16), (16, 16, 16, 3), (16, 16, 16))
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["GRID", "HELD_OUT_SEED", "PALETTE", "Shape", "make_shape", "make_shapes"]
+__all__ = ["COMPONENTS", "GRID", "HELD_OUT_SEED", "PALETTE", "Shape", "make_shape", "make_shapes", "palette_index"]
 
 GRID = 16
 #: Seeds at or above this value are never used for training; benchmarks and tests use them.
 HELD_OUT_SEED = 1_000_000_000
 
-#: Albedo colours of the parts (RGB in [0, 1]); saturated and distinct under shading.
-PALETTE = np.array(
-    [
-        [0.90, 0.15, 0.15],  # red
-        [0.15, 0.75, 0.20],  # green
-        [0.20, 0.35, 0.95],  # blue
-        [0.95, 0.85, 0.15],  # yellow
-        [0.15, 0.85, 0.85],  # cyan
-        [0.85, 0.25, 0.85],  # magenta
-        [0.95, 0.55, 0.10],  # orange
-        [0.92, 0.92, 0.92],  # white
-    ],
-    dtype=np.float32,
+#: Albedo colours (RGB in [0, 1]); saturated and distinct under shading.
+PALETTE: tuple[tuple[float, float, float], ...] = (
+    (0.90, 0.15, 0.15),  # red
+    (0.15, 0.75, 0.20),  # green
+    (0.20, 0.35, 0.95),  # blue
+    (0.95, 0.85, 0.15),  # yellow
+    (0.15, 0.85, 0.85),  # cyan
+    (0.85, 0.25, 0.85),  # magenta
+    (0.95, 0.55, 0.10),  # orange
+    (0.92, 0.92, 0.92),  # white
 )
+_PAL = np.array(PALETTE, dtype=np.float32)
+_NAMES = ["red", "green", "blue", "yellow", "cyan", "magenta", "orange", "white"]
+#: Component ``k`` of a shape (``Shape.labels`` holds ``k`` per voxel, ``-1`` where empty).
+COMPONENTS = ("body", "front part", "right part", "back part", "left part", "top part")
+# (axis, sign) of each part's side, in the order of COMPONENTS[1:]; the chance it has a part
+_PART_SIDES = ((2, 1), (0, 1), (2, -1), (0, -1), (1, 1))
+_PART_CHANCE = (0.45, 0.45, 0.55, 0.45, 0.35)
 
 _CENTRES = (np.arange(GRID, dtype=np.float32) + 0.5) / (GRID / 2) - 1
 _X, _Y, _Z = np.meshgrid(_CENTRES, _CENTRES, _CENTRES, indexing="ij")
 _P = np.stack([_X, _Y, _Z], -1)
 _INSIDE_BALL = (_P**2).sum(-1) <= 0.97**2
-# sides a part can be attached to: (axis, sign); no part below the body (it would float under it)
-_SIDES = [(0, 1), (0, -1), (2, 1), (2, -1), (1, 1)]
-_SIDE_NAMES = {(0, 1): "right", (0, -1): "left", (2, 1): "front", (2, -1): "back", (1, 1): "top"}
 
 
 @dataclass(frozen=True)
@@ -57,101 +69,130 @@ class Shape:
     """A voxel shape with per-voxel colour.
 
     :param occupancy: ``bool [16, 16, 16]``, indexed ``[x, y, z]``.
-    :param colors: ``float32 [16, 16, 16, 3]`` albedo in ``[0, 1]``; zero where empty.
+    :param colors: ``float32 [16, 16, 16, 3]`` albedo in ``[0, 1]`` (rows of :data:`PALETTE`); zero where empty.
     :param seed: the seed that made it.
-    :param parts: a short description of each primitive, body first.
+    :param parts: a short description of each component, body first.
+    :param labels: ``int8 [16, 16, 16]``: the component (index into :data:`COMPONENTS`) of each voxel, ``-1`` where empty.
     """
 
     occupancy: np.ndarray
     colors: np.ndarray
     seed: int
     parts: list[str] = field(default_factory=list)
+    labels: np.ndarray | None = None
 
     @property
     def num_voxels(self) -> int:
         return int(self.occupancy.sum())
 
 
+def palette_index(colors: np.ndarray) -> np.ndarray:
+    """Index of the nearest :data:`PALETTE` colour of each RGB row (``[..., 3]`` to ``[...]``).
+
+    >>> palette_index(np.array([[0.8, 0.2, 0.2], [0.9, 0.9, 0.95]])).tolist()
+    [0, 7]
+    """
+    c = np.asarray(colors, dtype=np.float32)
+    return ((c[..., None, :] - _PAL) ** 2).sum(-1).argmin(-1)
+
+
 def _primitive(kind: str, centre: np.ndarray, half: np.ndarray) -> np.ndarray:
     d = (_P - centre) / half
     if kind == "box":
         return (np.abs(d) <= 1).all(-1)
-    if kind == "sphere":
+    if kind == "ellipsoid":
         return (d**2).sum(-1) <= 1
-    # cylinder along y
+    # cylinder along y, elliptical section
     return (d[..., 0] ** 2 + d[..., 2] ** 2 <= 1) & (np.abs(d[..., 1]) <= 1)
 
 
-def make_shape(seed: int) -> Shape:
+def _body(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[np.ndarray], list[str]]:
+    kind = str(rng.choice(["box", "ellipsoid", "cylinder"]))
+    half = np.array([rng.uniform(0.3, 0.62), rng.uniform(0.22, 0.5), rng.uniform(0.3, 0.62)], dtype=np.float32)
+    centre = np.array([rng.uniform(-0.12, 0.12), rng.uniform(-0.25, 0.05), rng.uniform(-0.12, 0.12)], dtype=np.float32)
+    body = _primitive(kind, centre, half)
+    colours = rng.permutation(len(_PAL))[:5]  # top/bottom, then front, right, back, left
+    col = np.zeros((GRID,) * 3 + (3,), dtype=np.float32)
+    d = (_P - centre) / half
+    region = np.abs(d).argmax(-1)  # the side each body voxel is nearest to, in units of the half extents
+    col[body] = _PAL[colours[0]]
+    desc = [f"{kind} body {_NAMES[colours[0]]}"]
+    for n, (axis, sign) in enumerate(_PART_SIDES[:4]):
+        paint = body & (region == axis) & (sign * d[..., axis] > 0)
+        full = rng.random() < 0.6
+        if not full:  # a patch in the middle of that side
+            for other in (0, 1, 2):
+                if other != axis:
+                    paint &= np.abs(d[..., other] - rng.uniform(-0.3, 0.3)) < rng.uniform(0.35, 0.6)
+        col[paint] = _PAL[colours[1 + n]]
+        desc.append(f"{'side' if full else 'patch'} {COMPONENTS[1 + n].split()[0]} {_NAMES[colours[1 + n]]}")
+    side_colours = [_PAL[colours[i]] for i in (1, 2, 3, 4, 0)]  # in the order of _PART_SIDES
+    return body, col, centre, half, side_colours, desc
+
+
+def _part(
+    rng: np.random.Generator, side: int, body: np.ndarray, centre: np.ndarray, half: np.ndarray, side_colour: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray, str]:
+    axis, sign = _PART_SIDES[side]
+    if rng.random() >= _PART_CHANCE[side]:
+        return None, _PAL[0], ""
+    kind = str(rng.choice(["box", "ellipsoid", "cylinder"]))
+    phalf = rng.uniform(0.12, 0.3, size=3).astype(np.float32)
+    pc = centre.copy()
+    for other in range(3):
+        if other != axis:
+            pc[other] += rng.uniform(-0.7, 0.7) * half[other]
+    pc[axis] = centre[axis] + sign * (half[axis] + 0.5 * phalf[axis])
+    choices = [i for i in range(len(_PAL)) if not np.allclose(_PAL[i], side_colour)]
+    colour = int(rng.choice(choices))
+    part = _primitive(kind, pc, phalf)
+    for _ in range(12):  # slide it in until it touches the body (ellipsoids and cylinders curve away)
+        grown = body | np.roll(body, sign, axis)
+        if (part & grown).any():
+            break
+        pc[axis] -= sign * 0.0625
+        part = _primitive(kind, pc, phalf)
+    return part, _PAL[colour], f"{kind} on {COMPONENTS[1 + side].split()[0]} {_NAMES[colour]}"
+
+
+def make_shape(seed: int, redraw: Mapping[int, int] | None = None) -> Shape:
     """The synthetic shape of ``seed`` (same seed, same shape, on every platform).
 
     :param seed: any non-negative integer; seeds ``>= HELD_OUT_SEED`` are held out of training.
+    :param redraw: ``{component: stream}`` replaces the random stream of those components
+        (indices into :data:`COMPONENTS`) by ``[stream, component]``; the others keep the
+        draws of ``seed``.
 
     >>> s = make_shape(HELD_OUT_SEED)
-    >>> 60 < s.num_voxels < 2000, s.parts[0].split()[0] in {"box", "sphere", "cylinder"}
+    >>> 60 < s.num_voxels < 2500, s.parts[0].split()[0] in {"box", "ellipsoid", "cylinder"}
     (True, True)
+    >>> t = make_shape(HELD_OUT_SEED, redraw={3: 5})  # another back part (or none), all else equal
+    >>> bool((t.labels == 0).sum() >= (s.labels == 0).sum() - 40)
+    True
     """
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got seed={seed!r}")
-    rng = np.random.default_rng(seed)
-    colours = rng.permutation(len(PALETTE))
-    occ = np.zeros((GRID,) * 3, dtype=bool)
-    col = np.zeros((GRID,) * 3 + (3,), dtype=np.float32)
-
-    kind = str(rng.choice(["box", "sphere", "cylinder"]))
-    half = rng.uniform(0.3, 0.55, size=3).astype(np.float32)
-    if kind == "sphere":
-        half[:] = half.mean()
-    centre = np.array([0.0, rng.uniform(-0.25, 0.0), 0.0], dtype=np.float32)
-    body = _primitive(kind, centre, half)
-    occ |= body
-    col[body] = PALETTE[colours[0]]
-    parts = [f"{kind} body {_name(colours[0])}"]
-
-    n_parts = int(rng.integers(1, 4))
-    sides = rng.choice(len(_SIDES), size=n_parts, replace=False)
-    for n, s in enumerate(sides):
-        axis, sign = _SIDES[int(s)]
-        pkind = str(rng.choice(["box", "sphere"]))
-        phalf = rng.uniform(0.12, 0.3, size=3).astype(np.float32)
-        if pkind == "sphere":
-            phalf[:] = phalf.mean()
-        pc = centre.copy()
-        for other in range(3):
-            if other != axis:
-                pc[other] += rng.uniform(-0.6, 0.6) * half[other]
-        pc[axis] = centre[axis] + sign * (half[axis] + 0.6 * phalf[axis])
-        part = _primitive(pkind, pc, phalf)
+    redraw = dict(redraw or {})
+    for k in redraw:
+        if not 0 <= k < len(COMPONENTS):
+            raise ValueError(f"redraw names component {k!r}; components are 0..{len(COMPONENTS) - 1} ({', '.join(COMPONENTS)})")
+    stream = lambda k: np.random.default_rng([redraw.get(k, seed), k])
+    body, col, centre, half, side_colours, desc = _body(stream(0))
+    occ = body.copy()
+    labels = np.where(body, 0, -1).astype(np.int8)
+    for side in range(5):  # a part never takes the colour of the side it sits on
+        part, colour, text = _part(stream(1 + side), side, body, centre, half, side_colours[side])
+        if part is None:
+            continue
+        new = part & ~occ
         occ |= part
-        col[part] = PALETTE[colours[1 + n]]
-        parts.append(f"{pkind} on {_SIDE_NAMES[(axis, sign)]} {_name(colours[1 + n])}")
-
-    if rng.random() < 0.5:  # a painted patch on one face of the body: visible from that side only
-        axis, sign = _SIDES[int(rng.integers(0, 4))]
-        k = 4
-        patch = body & (sign * (_P[..., axis] - centre[axis]) > half[axis] - 0.3)
-        for other in range(3):
-            if other != axis:
-                patch &= np.abs(_P[..., other] - centre[other]) < 0.5 * half[other] + 0.05
-        col[patch & ~_overwritten(col, colours, k)] = PALETTE[colours[k]]
-        parts.append(f"patch on {_SIDE_NAMES[(axis, sign)]} {_name(colours[k])}")
-
+        col[new] = colour
+        labels[new] = 1 + side
+        desc.append(text)
     occ &= _INSIDE_BALL
     col[~occ] = 0
-    return Shape(occupancy=occ, colors=col, seed=seed, parts=parts)
-
-
-def _overwritten(col: np.ndarray, colours: np.ndarray, k: int) -> np.ndarray:
-    # voxels that already carry a part colour (not the body's): a patch never paints over parts
-    body = PALETTE[colours[0]]
-    return (np.abs(col - body).sum(-1) > 1e-6) & (col.sum(-1) > 0)
-
-
-_NAMES = ["red", "green", "blue", "yellow", "cyan", "magenta", "orange", "white"]
-
-
-def _name(i: int) -> str:
-    return _NAMES[int(i)]
+    labels[~occ] = -1
+    return Shape(occupancy=occ, colors=col, seed=seed, parts=desc, labels=labels)
 
 
 def make_shapes(seeds: range | list[int]) -> tuple[np.ndarray, np.ndarray]:

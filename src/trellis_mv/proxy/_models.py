@@ -1,9 +1,10 @@
 """The proxy's networks: an image encoder and two DiT-style flow models, as in TRELLIS.2.
 
-* :class:`ImageEncoder` turns a ``64x64`` RGB image into ``64`` tokens (it stands in for
-  DINOv3 and is trained jointly with the flow models).
+* :class:`ImageEncoder` turns a ``64x64`` RGB image into ``(64 / patch)^2`` tokens (256 with
+  the default ``4x4`` patches; it stands in for DINOv3 and is trained jointly with the flow models).
 * :class:`StructureFlow` (stage ``"sparse_structure"``) predicts the velocity of a dense
-  latent ``[B, 8, 8, 8, 8]``: the ``16^3`` occupancy in ``{-1, 1}`` folded space-to-depth.
+  latent ``[B, 8, 8, 8, 8]``: the ``16^3`` occupancy in ``{-1, 1}`` folded space-to-depth;
+  one token per latent cell (``structure_patch`` 1, 512 tokens) or per ``2^3`` cells.
 * :class:`TextureFlow` (stage ``"texture"``) predicts the velocity of a sparse latent: one
   colour row per occupied voxel (:class:`~trellis_mv.sparse.SparseTensor`, ``feats [M, 3]``
   in ``[-1, 1]``). Voxels are pooled into ``2^3`` cells that attend to the cells of the same
@@ -50,13 +51,14 @@ class ProxyConfig:
     """Sizes of the proxy networks (stored next to the weights)."""
 
     image_size: int = 64
-    patch: int = 8
-    width: int = 128
-    heads: int = 4
-    encoder_layers: int = 2
-    structure_blocks: int = 4
+    patch: int = 4
+    width: int = 160
+    heads: int = 5
+    encoder_layers: int = 3
+    structure_blocks: int = 6
     texture_blocks: int = 4
     grid: int = 16
+    structure_patch: int = 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -176,25 +178,27 @@ class ImageEncoder(nn.Module):
 
 
 class StructureFlow(nn.Module):
-    """Velocity of the dense structure latent ``[B, 8, 8, 8, 8]``: ``2^3`` patches, 64 tokens."""
+    """Velocity of the dense structure latent ``[B, 8, 8, 8, 8]``: one token per ``structure_patch^3`` latent cells."""
 
     def __init__(self, cfg: ProxyConfig | None = None) -> None:
         super().__init__()
         cfg = cfg or ProxyConfig()
+        self.p = cfg.structure_patch
         self.res = cfg.grid // 2
-        self.n = (self.res // 2) ** 3
-        self.inp = nn.Linear(8 * 8, cfg.width)
+        self.n = (self.res // self.p) ** 3
+        self.inp = nn.Linear(8 * self.p**3, cfg.width)
         self.pos = nn.Parameter(torch.randn(1, self.n, cfg.width) * 0.02)
         self.trunk = _Trunk(cfg.width, cfg.heads, cfg.structure_blocks)
-        self.out = nn.Linear(cfg.width, 8 * 8)
+        self.out = nn.Linear(cfg.width, 8 * self.p**3)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, **_: object) -> torch.Tensor:
-        b, c, r = x.shape[0], x.shape[1], self.res // 2
-        tok = x.reshape(b, c, r, 2, r, 2, r, 2).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, r**3, c * 8)
+        b, c, p = x.shape[0], x.shape[1], self.p
+        r = self.res // p
+        tok = x.reshape(b, c, r, p, r, p, r, p).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, r**3, c * p**3)
         h = self.trunk(self.inp(tok) + self.pos, t, cond)
-        out = self.out(h).reshape(b, r, r, r, c, 2, 2, 2).permute(0, 4, 1, 5, 2, 6, 3, 7)
+        out = self.out(h).reshape(b, r, r, r, c, p, p, p).permute(0, 4, 1, 5, 2, 6, 3, 7)
         return out.reshape(x.shape)
 
 
