@@ -157,8 +157,8 @@ def test_cli_registers_app_without_importing_gradio():
 
 def test_app_on_a_missing_trellis2_says_so(monkeypatch, capsys):
     pytest.importorskip("gradio", reason="the app needs gradio: pip install 'trellis-mv[app]'")
-    for name in ("trellis2", "trellis2.pipelines"):
-        monkeypatch.setitem(sys.modules, name, None)  # as where TRELLIS.2 is not installed
+    for name in ("trellis2", "trellis2.pipelines", "trellis", "trellis.pipelines"):
+        monkeypatch.setitem(sys.modules, name, None)  # as where neither TRELLIS.2 nor TRELLIS is installed
     assert main(["app", "--model", "microsoft/TRELLIS.2-4B", "--port", str(_free_port())]) == 2
     err = capsys.readouterr().err
     assert "TRELLIS.2 is not importable" in err and "--model proxy" in err

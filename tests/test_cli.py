@@ -159,4 +159,5 @@ def test_cameras_after_at_reach_the_summary_and_lists_reach_aggregators(tmp_path
     assert main(["generate", "--images", f"{views[0]}@front", f"{views[1]}@90,20", "--out", str(out), "--quiet",
                  "--steps", "1", "--mode", "stochastic", "--weights", "2", "1"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["cameras"] == [[0.0, 0.0], [90.0, 20.0]] and summary["weights"] == [2 / 3, 1 / 3]
+    # the proxy's own camera names apply: its front is raised 25 degrees, as its views are rendered
+    assert summary["cameras"] == [[0.0, 25.0], [90.0, 20.0]] and summary["weights"] == [2 / 3, 1 / 3]

@@ -97,7 +97,9 @@ class Adapter(Protocol):
 
     Optional attributes: ``name`` (shown in summaries), ``dialect`` (``"trellis2"``, the
     default, or ``"trellis"``: which sampler parameters the stages take), ``stage_aliases``
-    (other spellings of stage names), ``default_params`` (per stage, for summaries) and
+    (other spellings of stage names), ``default_params`` (per stage, for summaries),
+    ``named_cameras`` (camera names as this model's views are usually taken, e.g. the
+    proxy's ``front`` raised 25 degrees; they override :data:`trellis_mv._views.CAMERA_NAMES`) and
     ``latent_frame`` (3x3: the object frame, x right, y up, z towards the front camera, in
     the latent's axes; identity by default). The proxy adapter
     (:class:`trellis_mv.proxy.ProxyPipeline`) is a complete example in about 100 lines.

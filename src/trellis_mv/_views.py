@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -71,8 +71,11 @@ def camera_directions(
     return out
 
 
-def parse_camera(value: Any) -> Camera | None:
+def parse_camera(value: Any, names: Mapping[str, Any] | None = None) -> Camera | None:
     """A :class:`Camera` from a name, ``"AZ"``, ``"AZ,EL"``, a pair, a Camera, or None.
+
+    ``names`` adds or overrides named cameras (an adapter's ``named_cameras``: the proxy's
+    ``front`` is raised 25 degrees, as its views are rendered); :data:`CAMERA_NAMES` otherwise.
 
     >>> parse_camera("back"), parse_camera("30,20"), parse_camera((45, 10)), parse_camera(None)
     (Camera(azimuth=180.0, elevation=0.0), Camera(azimuth=30.0, elevation=20.0), Camera(azimuth=45.0, elevation=10.0), None)
@@ -82,8 +85,9 @@ def parse_camera(value: Any) -> Camera | None:
     given = value
     if isinstance(value, str):
         key = value.strip().lower()
-        if key in CAMERA_NAMES:
-            return CAMERA_NAMES[key]
+        named = {**CAMERA_NAMES, **{k.lower(): Camera(*v) for k, v in (names or {}).items()}}
+        if key in named:
+            return named[key]
         value = [part for part in key.replace(" ", "").split(",") if part]
     try:
         numbers = [float(v) for v in value]
@@ -100,7 +104,9 @@ def parse_camera(value: Any) -> Camera | None:
     return Camera(azimuth, elevation)
 
 
-def normalise_cameras(cameras: Sequence[Any] | None, count: int | None = None) -> tuple[Camera | None, ...] | None:
+def normalise_cameras(
+    cameras: Sequence[Any] | None, count: int | None = None, names: Mapping[str, Any] | None = None
+) -> tuple[Camera | None, ...] | None:
     """Check one camera (or None) per view.
 
     >>> normalise_cameras(["front", None, "90,20"])
@@ -110,7 +116,7 @@ def normalise_cameras(cameras: Sequence[Any] | None, count: int | None = None) -
         return None
     if isinstance(cameras, (str, bytes)) or not isinstance(cameras, Sequence):
         raise ViewError(f"cameras must be a list with one camera (or None) per view; got cameras={cameras!r}")
-    parsed = tuple(parse_camera(c) for c in cameras)
+    parsed = tuple(parse_camera(c, names) for c in cameras)
     if count is not None and len(parsed) != count:
         raise ViewError(f"cameras has {len(parsed)} entries but there are {count} views; give one camera (or None) per view")
     return parsed

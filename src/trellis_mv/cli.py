@@ -32,21 +32,23 @@ ADAPTER_FLAGS = {"pipeline_type": "pipeline_type", "max_num_tokens": "max_num_to
                  "no_preprocess": "preprocess", "no_video": "video"}
 
 
-def split_image_camera(text: str) -> tuple[str, Any]:
-    """``front.png@0`` or ``side.png@90,20`` into the path and its camera; a path alone has none.
+def split_image_camera(text: str) -> tuple[str, str | None]:
+    """``front.png@front`` or ``side.png@90,20`` into the path and its camera; a path alone has none.
 
-    Only a valid camera after the last ``@`` is split off, so ``img@2x.png`` stays a path.
+    Only a valid camera after the last ``@`` is split off, so ``img@2x.png`` stays a path. The
+    camera stays text, so that a model's own camera names apply (the proxy's ``front`` is raised).
 
     >>> split_image_camera("side.png@90,20"), split_image_camera("img@2x.png")
-    (('side.png', Camera(azimuth=90.0, elevation=20.0)), ('img@2x.png', None))
+    (('side.png', '90,20'), ('img@2x.png', None))
     """
     path, sep, camera = text.rpartition("@")
     if not sep or not path:
         return text, None
     try:
-        return path, parse_camera(camera)
+        parse_camera(camera)
     except ViewError:
         return text, None
+    return path, camera
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

@@ -218,7 +218,7 @@ def _plan(
     views = load_images(images)
     n = len(views)
     norm_weights = normalise_weights(weights, n) if weights is not None else None
-    norm_cameras = normalise_cameras(cameras, n)
+    norm_cameras = normalise_cameras(cameras, n, getattr(adapter, "named_cameras", None))
     aggregators = plan_stages(names, mode, stages, aliases, registry=registry)
     for agg in aggregators.values():
         check_views(agg, n, norm_cameras or ())

@@ -45,7 +45,7 @@ def test_render_agreement_is_small_for_the_truth_and_large_for_another_shape(pro
 
     cams = ["front", "right", "back", "left"]
     truth, wrong = render_agreement(Result(shape), images, cams), render_agreement(Result(other), images, cams)
-    assert truth.shape == (4,) and (truth < 0.02).all() and (truth < wrong / 3).all()
+    assert truth.shape == (4,) and (truth < 0.01).all() and (truth < wrong / 3).all()
 
 
 def test_a_custom_score_decides(proxy):

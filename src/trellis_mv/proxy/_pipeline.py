@@ -29,6 +29,7 @@ from PIL import Image
 from trellis_mv._errors import ImageError
 from trellis_mv._images import load_image
 from trellis_mv.proxy._models import ProxyModels, decode_structure, load_models
+from trellis_mv.proxy._render import NAMED_VIEWS
 from trellis_mv.samplers import FlowEulerGuidanceIntervalSampler
 from trellis_mv.sparse import SparseTensor
 
@@ -108,6 +109,8 @@ class ProxyPipeline:
         "tex": "texture", "color": "texture", "colour": "texture",
     }
     latent_frame = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    #: the named views as the proxy renders them (front, right, back, left raised 25 degrees)
+    named_cameras = NAMED_VIEWS
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", models: ProxyModels | None = None,
                  verbose: bool = False) -> None:

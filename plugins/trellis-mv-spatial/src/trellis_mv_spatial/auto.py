@@ -48,11 +48,11 @@ DEFAULT_CANDIDATES: tuple[str, ...] = ("multidiffusion", "visibility", "robust")
 Candidate = StageSpec | Mapping[str, StageSpec]
 
 
-def _cameras(cameras: Sequence[Any], count: int) -> list[Any]:
+def _cameras(cameras: Sequence[Any], count: int, names: Any = None) -> list[Any]:
     if isinstance(cameras, (str, bytes)) or not isinstance(cameras, Sequence) or len(cameras) != count:
         raise ViewError(f"auto_generate needs one camera per view ({count} views); got cameras={cameras!r}. "
                         "Give e.g. cameras=['front', 'back'] or ['0,25', '180,25']")
-    parsed = [parse_camera(c) for c in cameras]
+    parsed = [parse_camera(c, names) for c in cameras]
     if any(c is None for c in parsed):
         raise ViewError(f"auto_generate renders each result from every view's camera, so every view needs one; "
                         f"views {[i for i, c in enumerate(parsed) if c is None]} have none")
@@ -66,14 +66,14 @@ def render_agreement(result: Any, images: Sequence[Any], cameras: Sequence[Any],
     :param images: the views as given to the pipeline (files, PIL images or ``[3, 64, 64]`` tensors).
     :returns: ``[N]`` errors in ``[0, 1]`` (0: the render reproduces the view).
     """
-    from trellis_mv.proxy import preprocess, render
+    from trellis_mv.proxy import NAMED_VIEWS, input_views, preprocess
 
     if not (hasattr(result, "occupancy") and hasattr(result, "colors")):
         raise TypeError(f"render_agreement renders the proxy's results; for a {type(result).__name__} pass "
                         "auto_generate(..., score=your_function(result, images, cameras) -> per-view errors)")
     target = torch.stack([im if isinstance(im, torch.Tensor) else preprocess(im) for im in images]).float().cpu()
-    views = [(c.azimuth, c.elevation) for c in _cameras(cameras, len(images))]
-    imgs, _ = render(result.occupancy[sample], result.colors[sample], views, size=int(target.shape[-1]), samples=128)
+    views = [(c.azimuth, c.elevation) for c in _cameras(cameras, len(images), NAMED_VIEWS)]
+    imgs = input_views(result.occupancy[sample], result.colors[sample], views, size=int(target.shape[-1]))
     return (imgs - target).abs().mean((1, 2, 3))
 
 
@@ -130,7 +130,7 @@ def auto_generate(
         averaged over samples).
     :param run_kwargs: passed to every run (``seed``, ``params``, ``num_samples``, ``weights``, ...).
     """
-    cams = _cameras(cameras, len(images))
+    cams = _cameras(cameras, len(images), getattr(pipeline, "named_cameras", None))
     pool: list[Candidate] = list(DEFAULT_CANDIDATES if candidates is None else candidates)
     if singles and len(images) > 1:
         pool += [f"single:view={i}" for i in range(len(images))]
