@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--envmap", default=None, help="HDR/EXR environment map for the turntable video")
     g.add_argument("--no-video", action="store_true", help="skip the turntable MP4")
     p.set_defaults(func=_cmd_generate)
+
+    from .eval._cli import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
