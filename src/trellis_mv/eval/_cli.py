@@ -64,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         out=args.out, dataset=args.dataset, model=args.model, views=args.views, aggregators=args.aggregators,
         seeds=args.seeds, first_object=args.first_object, objects=args.objects, params=_stage_params(args),
         max_batch=args.max_batch, device=args.device, max_jobs=args.max_jobs, progress=not args.quiet,
+        report=not args.no_report,
     )
     if res["report"]:
         print("wrote " + ", ".join(sorted(res["report"])) + f" to {args.out}")
@@ -92,6 +93,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     for name in SAMPLER_PARAMS:
         p.add_argument(f"--{name.replace('_', '-')}", action="append", default=None, metavar="[STAGE=]VALUE",
                        help=f"{name} of every stage, or STAGE=VALUE for one (repeatable)")
+    p.add_argument("--no-report", action="store_true", help="only the runs; build the tables later with `eval report DIR`")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="eval_command", metavar="{report,example}")
     r = sub.add_parser("report", help="(re)build the tables and plots of a results folder")

@@ -335,7 +335,9 @@ def _work(adapter: Any, ds: Dataset, todo: list[Job], store: ResultStore, where:
         for k, job in enumerate(todo):
             if current is None or current.object_id != job.object_id:
                 current = ds.load(job.object_id)
-            store.append(where.rank, _run_job(adapter, current, job, params, max_batch, render))
+            record = _run_job(adapter, current, job, params, max_batch, render)
+            record["finished_at"] = round(time.time(), 3)  # for throughput; not part of any table
+            store.append(where.rank, record)
             bar.update(1)
             now = time.perf_counter()
             if where.rank == 0 and where.world_size > 1 and progress and (now - last_peek > 5 or k == len(todo) - 1):

@@ -1,0 +1,64 @@
+"""The folder layout: the example folder loads, its meshes score against the truth, held-out views are rendered."""
+
+import json
+
+import numpy as np
+import pytest
+import trimesh
+
+from trellis_mv import proxy
+from trellis_mv.eval import FolderDataset, evaluate, score_mesh, write_example_folder
+from trellis_mv.eval._datasets import given_views
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_example_folder(tmp_path_factory.mktemp("data") / "objects", objects=2, first_object=7)
+
+
+def test_example_folder_round_trips_views_cameras_and_mesh(folder):
+    ds = FolderDataset(folder)
+    assert ds.object_ids() == ["proxy-1000000007", "proxy-1000000008"]
+    obj = ds.load("proxy-1000000007")
+    assert obj.view_names == ["front", "right", "back", "left", "top"]
+    assert obj.cameras == {n: proxy.parse_view(n) for n in obj.view_names}
+    shape = proxy.make_shape(1000000007)
+    photo = proxy.preprocess(obj.images["back"])
+    assert (photo - proxy.input_views(shape.occupancy, shape.colors, ["back"])[0]).abs().max().item() <= 1 / 255 + 1e-6
+    truth = proxy.mesh_from_voxels(shape.occupancy, shape.colors)
+    assert np.allclose(sorted(obj.mesh.bounds.ravel()), sorted(truth.bounds.ravel()))
+    assert given_views(obj.view_names, 4) == ("front", "right", "back", "left")
+
+
+def test_images_without_cameras_are_taken_in_name_order_and_bad_cameras_are_named(tmp_path, folder):
+    obj = tmp_path / "d" / "mug"
+    obj.mkdir(parents=True)
+    for name in ("b.png", "a.png", "c.jpg"):
+        (obj / name).write_bytes((folder / "proxy-1000000007" / "front.png").read_bytes())
+    ds = FolderDataset(tmp_path / "d")
+    assert ds.view_names("mug") == ["a", "b", "c"]
+    assert ds.load("mug").mesh is None and given_views(ds.view_names("mug"), 2) == ("a", "b")
+    (obj / "cameras.json").write_text(json.dumps({"d.png": {"azimuth": 0}}))
+    with pytest.raises(ValueError, match="names images that are not in"):
+        ds.view_names("mug")
+    (obj / "cameras.json").write_text(json.dumps({"a.png": {"elevation": 0}}))
+    with pytest.raises(ValueError, match="expected"):
+        ds.view_names("mug")
+
+
+def test_mesh_scores_rank_a_worse_shape_lower():
+    a, b = proxy.make_shape(1000000001), proxy.make_shape(1000000002)
+    truth = proxy.mesh_from_voxels(a.occupancy, a.colors)
+    same = score_mesh(truth.copy().apply_scale(3.0), truth)
+    other = score_mesh(proxy.mesh_from_voxels(b.occupancy, b.colors), truth)
+    assert same["chamfer"] < other["chamfer"] and same["fscore@0.02"] > other["fscore@0.02"]
+    assert same["voxel_iou"] > other["voxel_iou"]
+    assert score_mesh(trimesh.Trimesh(), truth)["fscore@0.05"] == 0.0
+
+
+def test_folder_dataset_through_the_harness_has_mesh_and_held_out_view_scores(folder, tmp_path):
+    res = evaluate(out=tmp_path / "run", dataset=f"folder:{folder}", views=[1], progress=False,
+                   params={"sparse_structure": {"steps": 2}, "texture": {"steps": 2}})
+    assert res["jobs"] == 4 and res["pending"] == 0
+    metrics = {row.split(",")[2] for row in (tmp_path / "run" / "summary.csv").read_text().splitlines()[1:]}
+    assert {"chamfer", "fscore@0.02", "fscore@0.05", "voxel_iou", "given_psnr", "heldout_psnr"} <= metrics
