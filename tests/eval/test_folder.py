@@ -62,3 +62,24 @@ def test_folder_dataset_through_the_harness_has_mesh_and_held_out_view_scores(fo
     assert res["jobs"] == 4 and res["pending"] == 0
     metrics = {row.split(",")[2] for row in (tmp_path / "run" / "summary.csv").read_text().splitlines()[1:]}
     assert {"chamfer", "fscore@0.02", "fscore@0.05", "voxel_iou", "given_psnr", "heldout_psnr"} <= metrics
+
+
+def test_a_range_of_folder_objects(folder):
+    assert FolderDataset(folder, first_object=1).object_ids() == ["proxy-1000000008"]
+    with pytest.raises(ValueError, match="past the 2 objects"):
+        FolderDataset(folder, first_object=2)
+
+
+def test_an_adapter_built_in_python_is_used_as_given(tmp_path, monkeypatch):
+    from trellis_mv.eval import _run
+
+    class Tiny(proxy.ProxyPipeline):
+        name = "tiny-proxy"
+
+    monkeypatch.setattr(_run, "_load_adapter", lambda *a: pytest.fail("a model was loaded"))
+    adapter = Tiny()
+    adapter.params = {s: {**p, "steps": 2} for s, p in adapter.params.items()}
+    res = evaluate(adapter=adapter, out=tmp_path / "run", objects=1, views=[1], progress=False)
+    assert res["jobs"] == 2 and json.loads((tmp_path / "run" / "config.json").read_text())["model"] == "tiny-proxy"
+    forwards = [json.loads(line)["cost"]["model_forwards"] for line in (tmp_path / "run" / "results" / "rank-0000.jsonl").open()]
+    assert forwards == [2 * 2 * 1, 2 * 2 * 2]  # multidiffusion batches views and negative; single runs them apart

@@ -79,8 +79,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="proxy", help="'proxy' (embedded), or a TRELLIS.2 hub id / local folder")
     p.add_argument("--dataset", default="proxy", help="'proxy' (procedural objects) or 'folder:PATH' (default: proxy)")
     p.add_argument("--first-object", type=int, default=0,
-                   help="proxy: the first object, counted from the held-out seeds (default 0)")
-    p.add_argument("--objects", type=int, default=None, help="proxy: how many objects (default 10)")
+                   help="the first object: proxy, counted from the held-out seeds; folder, in name order (default 0)")
+    p.add_argument("--objects", type=int, default=None, help="how many objects (default: proxy 10, folder all)")
     p.add_argument("--views", type=int, nargs="+", default=[1, 2, 4], help="numbers of given views (default 1 2 4)")
     p.add_argument("--aggregators", nargs="+", default=["multidiffusion"], metavar="AGGREGATOR[:k=v,...]",
                    help="aggregators to compare; the single-view baselines and multidiffusion are always run")

@@ -119,19 +119,26 @@ class ProxyDataset:
 
 
 class FolderDataset:
-    """Objects in a folder (layout in this module's docstring)."""
+    """Objects in a folder (layout in this module's docstring); ``first_object`` and ``objects`` pick a range of them."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], first_object: int = 0, objects: int | None = None) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset folder {str(self.root)!r} does not exist; pass --dataset folder:PATH of a folder "
                                     "with one sub-folder per object")
-        self._ids = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not self._ids:
+        if first_object < 0 or (objects is not None and objects < 1):
+            raise ValueError(f"--first-object must be >= 0 and --objects >= 1; got {first_object} and {objects}")
+        ids = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not ids:
             raise ValueError(f"dataset folder {str(self.root)!r} has no object sub-folders; see `trellis-mv eval example`")
+        self._ids = ids[first_object : None if objects is None else first_object + objects]
+        if not self._ids:
+            raise ValueError(f"--first-object {first_object} is past the {len(ids)} objects of {str(self.root)!r}")
+        self._range = (first_object, objects)
 
     def describe(self) -> str:
-        return f"folder:{self.root.resolve()}"
+        first, count = self._range
+        return f"folder:{self.root.resolve()}" + (f",first_object={first},objects={count}" if first or count else "")
 
     def object_ids(self) -> list[str]:
         return list(self._ids)
@@ -194,7 +201,7 @@ def parse_dataset(text: str | Dataset, *, first_object: int = 0, objects: int | 
         return ProxyDataset(first_object, 10 if objects is None else objects)
     kind, sep, path = text.partition(":")
     if kind == "folder" and sep and path:
-        return FolderDataset(path)
+        return FolderDataset(path, first_object, objects)
     raise ValueError(f"unknown dataset {text!r}; expected 'proxy' or 'folder:PATH'")
 
 

@@ -75,7 +75,7 @@ def _generate(adapter: Any, images: Sequence[Any], spec: str, seed: int, *, para
 
             p = dict(params or {})
             res = trellis2.run_multi_image(
-                adapter, list(images), mode=spec, max_batch=max_batch, seed=seed, num_samples=1,
+                adapter, [_as_image(im) for im in images], mode=spec, max_batch=max_batch, seed=seed, num_samples=1,
                 sparse_structure_sampler_params=p.get("sparse_structure"), shape_slat_sampler_params=p.get("shape"),
                 tex_slat_sampler_params=p.get("texture"),
             )
@@ -91,6 +91,15 @@ def _generate(adapter: Any, images: Sequence[Any], spec: str, seed: int, *, para
         seconds=seconds,
         peak_memory_mib=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
     )
+
+
+def _as_image(image: Any) -> Any:
+    """A ``[3, H, W]`` tensor in ``[0, 1]`` as a PIL image; paths and images pass through."""
+    if not isinstance(image, torch.Tensor):
+        return image
+    from PIL import Image
+
+    return Image.fromarray((image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
 
 
 def _device_of(adapter: Any) -> torch.device | None:
@@ -137,12 +146,17 @@ def _photo(image: Any, size: int = 64) -> torch.Tensor:
 
 
 def _score(obj: EvalObject, job: Job, gen: Generation, render: Callable[..., torch.Tensor] | None) -> dict[str, float]:
-    if obj.shape is not None:
+    if obj.shape is not None and hasattr(gen.output, "occupancy"):
         return _score_proxy(gen.output.occupancy[0], gen.output.colors[0], obj.shape, list(job.views))
     scores: dict[str, float] = {}
-    if obj.mesh is not None:
-        scores.update(score_mesh(_as_mesh(gen.output), obj.mesh))
-    if render is not None and obj.cameras:
+    truth = obj.mesh
+    if truth is None and obj.shape is not None:  # another model on the proxy's objects: compare meshes
+        from trellis_mv.proxy import mesh_from_voxels
+
+        truth = mesh_from_voxels(obj.shape.occupancy, obj.shape.colors)
+    if truth is not None:
+        scores.update(score_mesh(_as_mesh(gen.output), truth))
+    if render is not None and obj.cameras and obj.shape is None:
         given = {v: _photo(obj.images[v]) for v in job.views if v in obj.cameras}
         held = {v: _photo(obj.images[v]) for v in obj.view_names if v not in job.views and v in obj.cameras}
         scores.update(view_scores(render, gen.output, given, obj.cameras, "given"))
