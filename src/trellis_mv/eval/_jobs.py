@@ -84,18 +84,19 @@ class Placement:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    source: str = "one process"
 
 
 def placement(env: dict[str, str] | None = None) -> Placement:
     """Rank, world size and local rank from torchrun's variables, else SLURM's, else a single process.
 
     >>> placement({"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1"})
-    Placement(rank=3, world_size=8, local_rank=1)
+    Placement(rank=3, world_size=8, local_rank=1, source='SLURM_PROCID/SLURM_NTASKS')
     """
     env = dict(os.environ if env is None else env)
     for rank, world, local in (("RANK", "WORLD_SIZE", "LOCAL_RANK"), ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")):
         if rank in env and world in env:
-            p = Placement(int(env[rank]), int(env[world]), int(env.get(local, "0")))
+            p = Placement(int(env[rank]), int(env[world]), int(env.get(local, "0")), f"{rank}/{world}")
             if not 0 <= p.rank < p.world_size:
                 raise ValueError(f"{rank}={p.rank} is not in [0, {world}={p.world_size}); check the launcher's variables")
             return p

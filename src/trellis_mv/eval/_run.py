@@ -298,6 +298,9 @@ def evaluate(
     todo = pending(mine, store.done())
     if max_jobs is not None:
         todo = todo[:max_jobs]
+    if progress and where.world_size > 1:
+        print(f"rank {where.rank} of {where.world_size} (from {where.source}): {len(todo)} of its {len(mine)} jobs to run",
+              flush=True)
     ran = 0
     if todo:
         adapter = adapter if adapter is not None else _load_adapter(model, _pick_device(device, where))
