@@ -27,7 +27,7 @@ import torch
 
 from trellis_mv import proxy
 
-__all__ = ["FSCORE_THRESHOLDS", "HELD_OUT_VIEWS", "image_scores", "lower_is_better", "score_mesh"]
+__all__ = ["FSCORE_THRESHOLDS", "HELD_OUT_VIEWS", "align", "image_scores", "lower_is_better", "score_mesh"]
 
 #: Views never given on the proxy data set, for colour error of unseen sides.
 HELD_OUT_VIEWS = ["az45el20", "az135el20", "az225el20", "az315el20", "top"]
@@ -86,25 +86,30 @@ def _surface_points(mesh: Any, count: int, seed: int) -> np.ndarray:
     return np.asarray(points, dtype=np.float64)
 
 
-def align(source: np.ndarray, target: np.ndarray, *, iterations: int = 30) -> np.ndarray:
+def align(source: np.ndarray, target: np.ndarray, *, search_points: int = 512, refine_points: int = 4096,
+          iterations: int = 30) -> np.ndarray:
     """Homogeneous transform (rotation, translation, uniform scale) taking ``source`` points onto ``target``.
 
-    ICP with scale from each of the 24 axis-aligned starting rotations; the one with the lowest
-    final cost wins.
+    ICP with scale (``trimesh.registration.icp``) from each of the 24 axis-aligned starting
+    rotations on ``search_points`` points of each cloud; the start with the lowest cost is
+    then refined on ``refine_points``.
     """
     from trimesh.registration import icp
 
+    sub = lambda x, n=search_points: x[:: max(1, len(x) // n)]
     best, best_cost = np.eye(4), np.inf
     for rot in _rotations():
         start = np.eye(4)
         start[:3, :3] = rot
-        matrix, _, cost = icp(source, target, initial=start, max_iterations=iterations, reflection=False, scale=True)
+        matrix, _, cost = icp(sub(source), sub(target), initial=start, max_iterations=iterations // 2, reflection=False,
+                              scale=True)
         if cost < best_cost:
             best, best_cost = matrix, cost
-    return best
+    return icp(sub(source, refine_points), sub(target, refine_points), initial=best, max_iterations=iterations,
+               reflection=False, scale=True)[0]
 
 
-def score_mesh(pred: Any, true: Any, *, points: int = 4096, seed: int = 0, voxels: int = 32) -> dict[str, float]:
+def score_mesh(pred: Any, true: Any, *, points: int = 20000, seed: int = 0, voxels: int = 32) -> dict[str, float]:
     """Chamfer, F-scores and surface-voxel IoU of mesh ``pred`` against ``true`` after normalisation and alignment."""
     from scipy.spatial import cKDTree
 
@@ -113,8 +118,7 @@ def score_mesh(pred: Any, true: Any, *, points: int = 4096, seed: int = 0, voxel
     if len(p) == 0:
         return {"chamfer": 1.0, **{f"fscore@{t:g}": 0.0 for t in FSCORE_THRESHOLDS}, "voxel_iou": 0.0}
     p = _normalise(p)
-    coarse = align(p[:: max(1, len(p) // 1024)], q[:: max(1, len(q) // 1024)])
-    p = (np.c_[p, np.ones(len(p))] @ coarse.T)[:, :3]
+    p = (np.c_[p, np.ones(len(p))] @ align(p, q).T)[:, :3]
     d_pq = cKDTree(q).query(p)[0]
     d_qp = cKDTree(p).query(q)[0]
     out = {"chamfer": float(0.5 * (d_pq.mean() + d_qp.mean()))}

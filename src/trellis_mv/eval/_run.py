@@ -289,8 +289,7 @@ def evaluate(
         names = ds.view_names(oid)
         view_sets[oid] = [given_views(names, n) for n in counts]
         given.update({(oid, n): vs for n, vs in zip(counts, view_sets[oid])})
-    jobs = sorted({j for oid in ids for j in build_jobs([oid], view_sets[oid], specs, seeds)},
-                  key=lambda j: (ids.index(j.object_id), j.aggregator, len(j.views), j.views, j.seed_index))
+    jobs = [j for oid in ids for j in build_jobs([oid], view_sets[oid], specs, seeds)]  # object order, then sorted
     _write_plan(out, given, where)
 
     store = ResultStore(out)
@@ -385,4 +384,4 @@ def _wait_for_all(store: ResultStore, jobs: list[Job], wait_seconds: float | Non
         if progress and not announced:
             print(f"rank 0: waiting for {left} jobs of the other ranks", flush=True)
             announced = True
-        time.sleep(1.0)
+        time.sleep(2.0)
