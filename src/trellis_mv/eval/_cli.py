@@ -11,6 +11,7 @@ from trellis_mv._errors import TrellisMVError
 
 __all__ = ["add_parser", "main"]
 
+_DESCRIPTION = "Score aggregators on many objects (or rebuild a report, or write an example dataset folder)."
 _EPILOG = """examples:
   trellis-mv eval --model proxy --dataset proxy --first-object 1000 --objects 200 \\
       --views 1 2 4 --aggregators single multidiffusion stochastic concat --seeds 3 --out runs/proxy
@@ -108,7 +109,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Register ``eval`` on the ``trellis-mv`` command's subparsers."""
     p = sub.add_parser("eval", help="score aggregators on many objects (one CPU, GPUs, torchrun, SLURM)",
-                       description=__doc__.splitlines()[0], epilog=_EPILOG,
+                       description=_DESCRIPTION, epilog=_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _configure(p)
     return p
@@ -116,7 +117,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m trellis_mv.eval``: the same options as ``trellis-mv eval``."""
-    p = argparse.ArgumentParser(prog="python -m trellis_mv.eval", description=__doc__.splitlines()[0], epilog=_EPILOG,
+    p = argparse.ArgumentParser(prog="python -m trellis_mv.eval", description=_DESCRIPTION, epilog=_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _configure(p)
     args = p.parse_args(argv)
