@@ -140,7 +140,10 @@ def write_report(out: str | Path) -> dict[str, str]:
             w.writerow(header)
             w.writerows(rows)
         written[name] = str(out / name)
-    (out / "summary.md").write_text(_markdown(config, len(objects), summary, pairs, timing_rows, quality.metrics + cost.metrics))
+    devices = sorted({r.get("device", "?") for r in records})
+    (out / "summary.md").write_text(
+        _markdown(config, len(objects), summary, pairs, timing_rows, quality.metrics + cost.metrics, devices)
+    )
     written["summary.md"] = str(out / "summary.md")
     written.update(_plots(out, per_n, quality.metrics, config, counts))
     return written
@@ -154,7 +157,7 @@ def _plan_objects(plan: dict[str, list[str]]) -> list[str]:
 
 
 def _markdown(config: dict[str, Any], objects: int, summary: list[list[str]], pairs: list[list[str]],
-              timing: list[list[str]], metrics: list[str]) -> str:
+              timing: list[list[str]], metrics: list[str], devices: list[str]) -> str:
     def pm(mean: str, ci: str) -> str:
         return mean if ci == "nan" else f"{float(mean):.4g} ± {float(ci):.2g}"
 
@@ -166,7 +169,8 @@ def _markdown(config: dict[str, Any], objects: int, summary: list[list[str]], pa
     lines = [
         "# Evaluation", "",
         f"model `{config['model']}`, dataset `{config['dataset']}`, {objects} objects, {config['seeds']} seeds each, "
-        f"sampler params {json.dumps(config['params']) if config['params'] else 'default'}.",
+        f"sampler params {json.dumps(config['params']) if config['params'] else 'default'}; "
+        f"run on: {'; '.join(devices)} (seconds and memory are of that device).",
         "Means over objects (each object's value is the mean over its seeds), ± the 95% half-width.", "",
         "| aggregator | N | " + " | ".join(f"{m} {arrow(m)}" for m in cols) + " |",
         "|---|---|" + "---|" * len(cols),

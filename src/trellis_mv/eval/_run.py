@@ -347,12 +347,16 @@ def _work(adapter: Any, ds: Dataset, todo: list[Job], store: ResultStore, where:
                disable=not progress, dynamic_ncols=True, leave=where.rank == 0)
     start, done_at_start, last_peek = time.perf_counter(), store.count(), 0.0
     current: EvalObject | None = None
+    dev = _device_of(adapter)
+    device_name = (torch.cuda.get_device_name(dev) if dev is not None and dev.type == "cuda"
+                   else f"cpu, {torch.get_num_threads()} threads")
     try:
         for k, job in enumerate(todo):
             if current is None or current.object_id != job.object_id:
                 current = ds.load(job.object_id)
             record = _run_job(adapter, current, job, params, max_batch, render)
             record["finished_at"] = round(time.time(), 3)  # for throughput; not part of any table
+            record["device"] = device_name
             store.append(where.rank, record)
             bar.update(1)
             now = time.perf_counter()
