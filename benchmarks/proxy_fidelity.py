@@ -78,24 +78,10 @@ def _work(i: int) -> dict:
     return row
 
 
-def _bootstrap_ci(d: np.ndarray, rng: np.random.Generator, n: int = 10000) -> tuple[float, float]:
-    means = d[rng.integers(0, len(d), size=(n, len(d)))].mean(1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
-def _wilcoxon(d: np.ndarray) -> float:
-    try:
-        from scipy.stats import wilcoxon
-    except ImportError as exc:
-        raise SystemExit("the Wilcoxon test needs scipy: pip install 'trellis-mv[bench]'") from exc
-
-    d = d[d != 0]
-    return float(wilcoxon(d).pvalue) if len(d) else 1.0
-
-
 def table(rows: list[dict], device: str) -> str:
     """The markdown table of the paired comparison."""
-    rng = np.random.default_rng(0)
+    from trellis_mv.eval import paired_bootstrap_ci, wilcoxon_p
+
     n = len(rows)
     lines = [
         f"Proxy model, multidiffusion, 1 view (front) against 4 (front, right, back, left); {n} held-out shapes, "
@@ -111,10 +97,10 @@ def table(rows: list[dict], device: str) -> str:
         ok = ~(np.isnan(a) | np.isnan(b))
         a, b = a[ok], b[ok]
         d = b - a
-        lo, hi = _bootstrap_ci(d, rng)
+        lo, hi = paired_bootstrap_ci(d)
         diffs[key] = (a.mean(), b.mean(), d.mean(), lo, hi)
         lines.append(f"| {label} | {a.mean():.3f} | {b.mean():.3f} | {d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-                     f"{_wilcoxon(d):.1e} | {ok.sum()} |")
+                     f"{wilcoxon_p(d):.1e} | {ok.sum()} |")
     if "reference_1" in rows[0]:
         r1 = np.array([r["reference_1"]["ideal"] for r in rows])
         r4 = np.array([r["reference_4"]["ideal"] for r in rows])

@@ -21,6 +21,7 @@ from ._errors import ParameterError, TrellisMVError, ViewError
 from ._registry import get_registry
 from ._views import parse_camera
 from .app import add_command as add_app_command
+from .eval._cli import add_parser as add_eval_parser
 from .pipeline import generate, load_adapter, parse_stage, parse_stage_values
 
 __all__ = ["build_parser", "main", "split_image_camera"]
@@ -194,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_generate)
 
     add_app_command(sub)
+    add_eval_parser(sub)
     return parser
 
 

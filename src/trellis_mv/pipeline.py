@@ -46,6 +46,7 @@ from ._views import Camera, normalise_cameras, normalise_weights
 __all__ = [
     "MultiViewResult",
     "StageSpec",
+    "adapter_class",
     "canonical_stage",
     "generate",
     "load_adapter",
@@ -427,24 +428,33 @@ def load_adapter(model: str = "proxy", *, device: str | None = None, **options: 
     >>> load_adapter("proxy").name
     'proxy'
     """
+    cls = adapter_class(model)
+    if model == "proxy":
+        return cls(device=device or "cpu", **options)
+    return cls.load(model, device=device, **options)
+
+
+def adapter_class(model: str = "proxy") -> type:
+    """The adapter class of a model, found without loading it (a hub id's or folder's ``pipeline.json`` names it).
+
+    >>> adapter_class("proxy").__name__, tuple(adapter_class("proxy")().samplers)
+    ('ProxyPipeline', ('sparse_structure', 'texture'))
+    """
     if not isinstance(model, str) or not model.strip():
         raise ParameterError(f"model must be 'proxy', a hub id or a model folder; got model={model!r}")
     if model == "proxy":
         from .proxy import ProxyPipeline
 
-        return ProxyPipeline(device=device or "cpu", **options)
+        return ProxyPipeline
     from .integrations._base import importable, pipeline_name
+    from .integrations.trellis import TrellisAdapter
     from .integrations.trellis2 import Trellis2Adapter
 
     if not (importable("trellis2") or importable("trellis")):  # say so before any download
         raise ModelNotAvailable(Trellis2Adapter.install_hint)
     kind = pipeline_name(model)
-    if kind == "Trellis2ImageTo3DPipeline":
-        from .integrations.trellis2 import Trellis2Adapter
-
-        return Trellis2Adapter.load(model, device=device, **options)
-    if kind == "TrellisImageTo3DPipeline":
-        from .integrations.trellis import TrellisAdapter
-
-        return TrellisAdapter.load(model, device=device, **options)
-    raise ParameterError(f"{model}'s pipeline.json names {kind!r}; trellis-mv runs TRELLIS.2 and TRELLIS image-to-3D pipelines")
+    classes = {"Trellis2ImageTo3DPipeline": Trellis2Adapter, "TrellisImageTo3DPipeline": TrellisAdapter}
+    if kind not in classes:
+        raise ParameterError(f"{model}'s pipeline.json names {kind!r}; trellis-mv runs TRELLIS.2 and TRELLIS image-to-3D "
+                             "pipelines")
+    return classes[kind]

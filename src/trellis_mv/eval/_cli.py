@@ -1,0 +1,129 @@
+"""``trellis-mv eval`` (also ``python -m trellis_mv.eval``): run an evaluation, rebuild its report, write an example folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from trellis_mv._errors import TrellisMVError
+
+__all__ = ["add_parser", "main"]
+
+_DESCRIPTION = "Score aggregators on many objects (or rebuild a report, or write an example dataset folder)."
+_EPILOG = """examples:
+  trellis-mv eval --model proxy --dataset proxy --first-object 1000 --objects 200 \\
+      --views 1 2 4 --aggregators single multidiffusion stochastic concat --seeds 3 --out runs/proxy
+  torchrun --nproc_per_node=2 -m trellis_mv.eval --dataset proxy --objects 200 --out runs/proxy
+  trellis-mv eval report runs/proxy
+  trellis-mv eval example data/objects --objects 3
+"""
+
+
+def _stage_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    from trellis_mv.cli import SAMPLER_PARAMS
+    from trellis_mv.pipeline import adapter_class, parse_stage_values
+    from trellis_mv.proxy import STAGES
+
+    cls = adapter_class(args.model)  # the stage names, without loading the model
+    names, aliases = tuple(getattr(cls, "sampler_attributes", STAGES)), cls.stage_aliases
+    params: dict[str, dict[str, Any]] = {}
+    for key in SAMPLER_PARAMS:
+        for stage, value in parse_stage_values(getattr(args, key), names, aliases).items():
+            params.setdefault(stage, {})[key] = value
+    return params
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.eval_command == "report":
+        from trellis_mv.eval._report import write_report
+
+        files = write_report(args.dir)
+        print("wrote " + ", ".join(sorted(files)) + f" to {args.dir}")
+        return 0
+    if args.eval_command == "example":
+        from trellis_mv.eval._datasets import write_example_folder
+
+        root = write_example_folder(args.dir, objects=args.objects, first_object=args.first_object)
+        print(f"wrote {args.objects} objects to {root}; evaluate them with --dataset folder:{root}")
+        return 0
+    if not args.out:
+        raise ValueError("--out DIR is required: the folder of results (an existing one is resumed)")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from trellis_mv.eval._run import evaluate
+
+    res = evaluate(
+        out=args.out, dataset=args.dataset, model=args.model, views=args.views, aggregators=args.aggregators,
+        seeds=args.seeds, first_object=args.first_object, objects=args.objects, params=_stage_params(args),
+        max_batch=args.max_batch, device=args.device, max_jobs=args.max_jobs, progress=not args.quiet,
+        report=not args.no_report, spread_views=args.spread_views,
+    )
+    if res["report"]:
+        print("wrote " + ", ".join(sorted(res["report"])) + f" to {args.out}")
+    elif res["pending"]:
+        print(f"ran {res['ran']} jobs; {res['pending']} of {res['jobs']} left: run the same command again to go on")
+    return 0
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    from trellis_mv.cli import SAMPLER_PARAMS
+
+    p.add_argument("--model", default="proxy", help="'proxy' (embedded), or a TRELLIS.2 hub id / local folder")
+    p.add_argument("--dataset", default="proxy", help="'proxy' (procedural objects) or 'folder:PATH' (default: proxy)")
+    p.add_argument("--first-object", type=int, default=0,
+                   help="the first object: proxy, counted from the held-out seeds; folder, in name order (default 0)")
+    p.add_argument("--objects", type=int, default=None, help="how many objects (default: proxy 10, folder all)")
+    p.add_argument("--views", type=int, nargs="+", default=[1, 2, 4], help="numbers of given views (default 1 2 4)")
+    p.add_argument("--aggregators", nargs="+", default=["multidiffusion"], metavar="AGGREGATOR[:k=v,...]",
+                   help="aggregators to compare; the single-view baselines and multidiffusion are always run")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per object and aggregator (default 1)")
+    p.add_argument("--out", help="results folder; an existing one is resumed (same options)")
+    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if there is CUDA), cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of each process")
+    p.add_argument("--max-batch", type=int, default=None, help="at most this many latent rows per model forward")
+    p.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs of each rank (then resume)")
+    for name in SAMPLER_PARAMS:
+        p.add_argument(f"--{name.replace('_', '-')}", action="append", default=None, metavar="[STAGE=]VALUE",
+                       help=f"{name} of every stage, or STAGE=VALUE for one (repeatable)")
+    p.add_argument("--spread-views", action="store_true",
+                   help="under torchrun: every rank runs every job, each step's views spread over the ranks "
+                        "(instead of sharding the jobs)")
+    p.add_argument("--no-report", action="store_true", help="only the runs; build the tables later with `eval report DIR`")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="eval_command", metavar="{report,example}")
+    r = sub.add_parser("report", help="(re)build the tables and plots of a results folder")
+    r.add_argument("dir")
+    e = sub.add_parser("example", help="write a small example dataset folder (proxy shapes with meshes)")
+    e.add_argument("dir")
+    e.add_argument("--objects", type=int, default=3)
+    e.add_argument("--first-object", type=int, default=0)
+    p.set_defaults(func=_run)
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register ``eval`` on the ``trellis-mv`` command's subparsers."""
+    p = sub.add_parser("eval", help="score aggregators on many objects (one CPU, GPUs, torchrun, SLURM)",
+                       description=_DESCRIPTION, epilog=_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _configure(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m trellis_mv.eval``: the same options as ``trellis-mv eval``."""
+    p = argparse.ArgumentParser(prog="python -m trellis_mv.eval", description=_DESCRIPTION, epilog=_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _configure(p)
+    args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except (TrellisMVError, ValueError, OSError, ImportError) as exc:
+        print(f"trellis-mv eval: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("trellis-mv eval: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,230 @@
+"""What is evaluated: the proxy's procedural objects, or a folder of real objects.
+
+The folder layout (one sub-folder per object, sorted by name)::
+
+    DATASET/
+      chair-01/
+        front.png  right.png  back.png  left.png  top.png   # the views (PNG/JPEG; RGBA is composited on black)
+        cameras.json    # optional: {"front.png": {"azimuth": 0, "elevation": 0}, ...} (degrees)
+        mesh.glb        # optional ground truth: mesh.glb, mesh.obj or mesh.ply
+      chair-02/
+        ...
+
+The views of an object are its images in ``cameras.json`` order when it lists them, else
+sorted by file name. For ``N`` given views, the standard set (:data:`VIEW_SETS`) is used
+when the object has views named so (``front.png``, ...), else its first ``N`` views. Views
+not given are held out: where the model can render, its result is compared at their
+cameras with the held-out photos (no ground-truth mesh needed).
+
+>>> import tempfile
+>>> root = write_example_folder(tempfile.mkdtemp() + "/objects", objects=2)
+>>> ds = FolderDataset(root)
+>>> ds.object_ids()
+['proxy-1000000000', 'proxy-1000000001']
+>>> obj = ds.load("proxy-1000000000")
+>>> obj.view_names, obj.cameras["top"], obj.mesh is not None
+(['front', 'right', 'back', 'left', 'top'], (0.0, 90.0), True)
+>>> given_views(ds.view_names("proxy-1000000001"), 4)
+('front', 'right', 'back', 'left')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from trellis_mv import proxy
+
+__all__ = [
+    "VIEW_SETS", "Dataset", "EvalObject", "FolderDataset", "ProxyDataset", "given_views", "parse_dataset", "write_example_folder",
+]
+
+#: The standard given views for N = 1, 2 and 4.
+VIEW_SETS: dict[int, list[str]] = dict(
+    proxy.VIEW_SETS
+)
+_IMAGES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+_MESHES = ("mesh.glb", "mesh.obj", "mesh.ply")
+
+
+@dataclass
+class EvalObject:
+    """One object: its views (name → image), cameras (name → (azimuth, elevation)) and ground truth if known."""
+
+    object_id: str
+    images: dict[str, Any]
+    cameras: dict[str, tuple[float, float]] = field(default_factory=dict)
+    shape: proxy.Shape | None = None
+    mesh: Any = None
+
+    @property
+    def view_names(self) -> list[str]:
+        return list(self.images)
+
+
+class Dataset(Protocol):
+    """What the harness needs from a data set."""
+
+    def describe(self) -> str:
+        """A string that identifies the data set (stored with the results, compared on restart)."""
+        ...
+
+    def object_ids(self) -> list[str]:
+        """The objects, in a fixed order."""
+        ...
+
+    def load(self, object_id: str) -> EvalObject:
+        """One object's views, cameras and ground truth."""
+        ...
+
+    def view_names(self, object_id: str) -> list[str]:
+        """The names of the object's views, in order, without loading them (checked before any model work)."""
+        ...
+
+
+class ProxyDataset:
+    """The proxy's procedural shapes ``HELD_OUT_SEED + first_object + i``, rendered from the four named views.
+
+    >>> ds = ProxyDataset(first_object=5, objects=2)
+    >>> ds.object_ids(), ds.load(ds.object_ids()[0]).images["back"].shape
+    (['1000000005', '1000000006'], torch.Size([3, 64, 64]))
+    """
+
+    def __init__(self, first_object: int = 0, objects: int = 10) -> None:
+        if first_object < 0 or objects < 1:
+            raise ValueError(f"--first-object must be >= 0 and --objects >= 1; got {first_object} and {objects}")
+        self.first_object, self.objects = first_object, objects
+
+    def describe(self) -> str:
+        return f"proxy:first_object={self.first_object},objects={self.objects}"
+
+    def object_ids(self) -> list[str]:
+        start = proxy.HELD_OUT_SEED + self.first_object
+        return [str(start + i) for i in range(self.objects)]
+
+    def load(self, object_id: str) -> EvalObject:
+        shape = proxy.make_shape(int(object_id))
+        names = VIEW_SETS[max(VIEW_SETS)]
+        images = proxy.input_views(shape.occupancy, shape.colors, names)
+        return EvalObject(object_id, dict(zip(names, images)), {n: proxy.parse_view(n) for n in names}, shape=shape)
+
+    def view_names(self, object_id: str) -> list[str]:
+        return list(VIEW_SETS[max(VIEW_SETS)])
+
+
+class FolderDataset:
+    """Objects in a folder (layout in this module's docstring); ``first_object`` and ``objects`` pick a range of them."""
+
+    def __init__(self, root: str | os.PathLike[str], first_object: int = 0, objects: int | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset folder {str(self.root)!r} does not exist; pass --dataset folder:PATH of a folder "
+                                    "with one sub-folder per object")
+        if first_object < 0 or (objects is not None and objects < 1):
+            raise ValueError(f"--first-object must be >= 0 and --objects >= 1; got {first_object} and {objects}")
+        ids = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not ids:
+            raise ValueError(f"dataset folder {str(self.root)!r} has no object sub-folders; see `trellis-mv eval example`")
+        self._ids = ids[first_object : None if objects is None else first_object + objects]
+        if not self._ids:
+            raise ValueError(f"--first-object {first_object} is past the {len(ids)} objects of {str(self.root)!r}")
+        self._range = (first_object, objects)
+
+    def describe(self) -> str:
+        first, count = self._range
+        return f"folder:{self.root.resolve()}" + (f",first_object={first},objects={count}" if first or count else "")
+
+    def object_ids(self) -> list[str]:
+        return list(self._ids)
+
+    def _views(self, folder: Path) -> tuple[list[Path], dict[str, tuple[float, float]]]:
+        cams_file = folder / "cameras.json"
+        cams: dict[str, tuple[float, float]] = {}
+        if cams_file.exists():
+            try:
+                raw = json.loads(cams_file.read_text())
+                for image, cam in raw.items():
+                    cams[Path(image).stem] = (float(cam["azimuth"]) % 360, float(cam.get("elevation", 0.0)))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ValueError(f"{cams_file}: expected {{\"IMAGE\": {{\"azimuth\": DEG, \"elevation\": DEG}}, ...}}; "
+                                 f"could not read it ({exc})") from exc
+        files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in _IMAGES}
+        missing = [name for name in cams if name not in files]
+        if missing:
+            raise ValueError(f"{cams_file} names images that are not in {folder}: {', '.join(missing)}")
+        order = [*cams, *sorted(n for n in files if n not in cams)]
+        return [files[n] for n in order], cams
+
+    def view_names(self, object_id: str) -> list[str]:
+        return [p.stem for p in self._views(self.root / object_id)[0]]
+
+    def load(self, object_id: str) -> EvalObject:
+        folder = self.root / object_id
+        paths, cams = self._views(folder)
+        mesh = None
+        for name in _MESHES:
+            if (folder / name).exists():
+                import trimesh
+
+                mesh = trimesh.load(folder / name, force="mesh")
+                break
+        return EvalObject(object_id, {p.stem: p for p in paths}, cams, mesh=mesh)
+
+
+def given_views(names: Sequence[str], num_views: int) -> tuple[str, ...]:
+    """The ``num_views`` views given to the model: the standard set when the object has it, else its first views.
+
+    >>> given_views(["front", "right", "back", "left", "top"], 2), given_views(["a", "b", "c"], 2)
+    (('front', 'right'), ('a', 'b'))
+    """
+    standard = VIEW_SETS.get(num_views, [])
+    if standard and all(v in names for v in standard):
+        return tuple(standard)
+    return tuple(names[:num_views])
+
+
+def parse_dataset(text: str | Dataset, *, first_object: int = 0, objects: int | None = None) -> Dataset:
+    """``"proxy"`` or ``"folder:PATH"`` (a data set object passes through).
+
+    >>> parse_dataset("proxy", objects=3).describe()
+    'proxy:first_object=0,objects=3'
+    """
+    if not isinstance(text, str):
+        return text
+    if text == "proxy":
+        return ProxyDataset(first_object, 10 if objects is None else objects)
+    kind, sep, path = text.partition(":")
+    if kind == "folder" and sep and path:
+        return FolderDataset(path, first_object, objects)
+    raise ValueError(f"unknown dataset {text!r}; expected 'proxy' or 'folder:PATH'")
+
+
+def write_example_folder(
+    root: str | os.PathLike[str], objects: int = 3, first_object: int = 0,
+    views: Sequence[str] = ("front", "right", "back", "left", "top"),
+) -> Path:
+    """Write proxy shapes in the folder layout: views (PNG), ``cameras.json`` and the true mesh (``mesh.ply``)."""
+    from PIL import Image
+
+    root = Path(root)
+    for i in range(objects):
+        seed = proxy.HELD_OUT_SEED + first_object + i
+        shape = proxy.make_shape(seed)
+        folder = root / f"proxy-{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        images = proxy.input_views(shape.occupancy, shape.colors, list(views))
+        cams = {}
+        for name, img in zip(views, images):
+            arr = (img.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+            Image.fromarray(arr).save(folder / f"{name}.png")
+            az, el = proxy.parse_view(name)
+            cams[f"{name}.png"] = {"azimuth": az, "elevation": el}
+        (folder / "cameras.json").write_text(json.dumps(cams, indent=1) + "\n")
+        proxy.mesh_from_voxels(shape.occupancy, shape.colors).export(folder / "mesh.ply")
+    return root
