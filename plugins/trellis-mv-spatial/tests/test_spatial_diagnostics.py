@@ -45,7 +45,7 @@ def test_save_diagnostics_writes_arrays_mesh_and_picture(proxy, tmp_path):
     occupied = result.occupancy[0].nonzero().numpy()
     assert np.array_equal(arrays["coords"][:, 1:], occupied)  # rows follow the texture stage's voxels
     assert np.array_equal(arrays["dominant"], arrays["view_weights"].argmax(0))
-    assert list(arrays["cameras"]) == ["0,0", "90,0", "180,0", "270,0"]
+    assert list(arrays["cameras"]) == ["0,25", "90,25", "180,25", "270,25"]  # the proxy names its raised views
     mesh = trimesh.load(tmp_path / "dominant_view.glb", force="mesh")
     hues = mesh.visual.vertex_colors[:, :3].astype(float) / 255
     hues /= np.maximum(hues.max(1, keepdims=True), 1e-6)
