@@ -16,7 +16,8 @@ latent's: voxel ``[x, y, z]`` with ``+y`` up and the front camera on ``+z``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,14 +27,53 @@ import numpy as np
 import torch
 from PIL import Image
 
+from trellis_mv import voxels
 from trellis_mv._errors import ImageError
 from trellis_mv._images import load_image
+from trellis_mv._views import CAMERA_NAMES, Camera, camera_name, parse_camera
 from trellis_mv.proxy._models import ProxyModels, decode_structure, load_models
-from trellis_mv.proxy._render import NAMED_VIEWS
 from trellis_mv.samplers import FlowEulerGuidanceIntervalSampler
 from trellis_mv.sparse import SparseTensor
 
-__all__ = ["DEFAULT_PARAMS", "STAGES", "ProxyPipeline", "ProxyResult", "default_weights", "example_images", "preprocess"]
+__all__ = [
+    "DEFAULT_PARAMS", "NAMED_VIEWS", "STAGES", "VIEW_SETS", "ProxyPipeline", "ProxyResult", "View", "default_weights",
+    "example_images", "input_views", "parse_view", "preprocess", "render", "view_name", "visible_faces",
+]
+
+View = tuple[float, float]
+#: The proxy's named cameras: front, right, back and left look down from 25 degrees, as its views are rendered.
+NAMED_VIEWS: dict[str, Camera] = {k: Camera(c.azimuth, 25.0 if k != "top" else c.elevation) for k, c in CAMERA_NAMES.items()}
+#: The standard view sets by number of views: each adds the side the others show least.
+VIEW_SETS: dict[int, list[str]] = {1: ["front"], 2: ["front", "right"], 4: ["front", "right", "back", "left"]}
+
+
+def parse_view(view: str | View) -> Camera:
+    """``trellis_mv.parse_camera(view, NAMED_VIEWS)``: a camera with the proxy's names.
+
+    >>> parse_view("back") == (180.0, 25.0), parse_view("az30el20") == (30.0, 20.0)
+    (True, True)
+    """
+    camera = parse_camera(view, NAMED_VIEWS)
+    if camera is None:
+        raise ValueError("parse_view got None; give a camera name, 'AZ,EL' or an (azimuth, elevation) pair")
+    return camera
+
+
+def view_name(view: str | View) -> str:
+    """``trellis_mv.camera_name(view, NAMED_VIEWS)``: ``view_name((180, 25)) == "back"``."""
+    return camera_name(view, NAMED_VIEWS)
+
+
+def _proxy_names(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def with_names(*args: Any, samples: int | None = None, **kwargs: Any) -> Any:  # samples: ignored, as it always was
+        return fn(*args, **{"names": NAMED_VIEWS, **kwargs})
+
+    with_names.__doc__ = f"``trellis_mv.voxels.{fn.__name__}`` with the proxy's :data:`NAMED_VIEWS` as ``names``."
+    return with_names
+
+
+render, input_views, visible_faces = (_proxy_names(f) for f in (voxels.render, voxels.input_views, voxels.visible_faces))
 
 STAGES = ("sparse_structure", "texture")
 #: Per-stage sampler parameters, in TRELLIS.2's style.
@@ -110,7 +150,7 @@ class ProxyPipeline:
     }
     latent_frame = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
     #: the named views as the proxy renders them (front, right, back, left raised 25 degrees)
-    named_cameras = NAMED_VIEWS
+    named_cameras: ClassVar[dict[str, Camera]] = NAMED_VIEWS
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", models: ProxyModels | None = None,
                  verbose: bool = False) -> None:
@@ -180,6 +220,24 @@ class ProxyPipeline:
         c = coords.long()
         colors[c[:, 0], c[:, 1], c[:, 2], c[:, 3]] = (out.samples.feats.float().clamp(-1, 1) + 1) / 2
         return ProxyResult(occupancy=occ.cpu(), colors=colors.cpu())
+
+    def render(self, output: ProxyResult, camera: Any, size: int) -> torch.Tensor:
+        """The first sample seen from ``camera`` (a name of :data:`NAMED_VIEWS`, ``"AZ,EL"``, a pair): ``float [3, size, size]``.
+
+        >>> pipe = ProxyPipeline()
+        >>> out = ProxyResult(torch.ones(1, 16, 16, 16, dtype=torch.bool), torch.ones(1, 16, 16, 16, 3))
+        >>> tuple(pipe.render(out, "front", 32).shape), pipe.to_voxels(out)[0].shape, len(pipe.to_mesh(out).faces)
+        ((3, 32, 32), torch.Size([16, 16, 16]), 3072)
+        """
+        return voxels.render(output.occupancy[0], output.colors[0], [camera], size, names=self.named_cameras)[0][0]
+
+    def to_mesh(self, output: ProxyResult) -> Any:
+        """The first sample's voxels as a ``trimesh.Trimesh`` (:func:`trellis_mv.voxels.mesh_from_voxels`)."""
+        return voxels.mesh_from_voxels(output.occupancy[0], output.colors[0])
+
+    def to_voxels(self, output: ProxyResult) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first sample: ``occupancy bool [16, 16, 16]`` and ``colors float [16, 16, 16, 3]``."""
+        return output.occupancy[0], output.colors[0]
 
     def export(self, result: Any, folder: Path) -> list[str]:
         """``mesh.glb`` and ``comparison.png`` per sample (``mesh_1.glb``, ... after the first)."""
