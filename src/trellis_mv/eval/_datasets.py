@@ -40,15 +40,14 @@ from typing import Any, Protocol
 import torch
 
 from trellis_mv import proxy
+from trellis_mv.voxels import mesh_from_voxels
 
 __all__ = [
     "VIEW_SETS", "Dataset", "EvalObject", "FolderDataset", "ProxyDataset", "given_views", "parse_dataset", "write_example_folder",
 ]
 
 #: The standard given views for N = 1, 2 and 4.
-VIEW_SETS: dict[int, list[str]] = dict(
-    proxy.VIEW_SETS
-)
+VIEW_SETS: dict[int, list[str]] = dict(proxy.VIEW_SETS)
 _IMAGES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _MESHES = ("mesh.glb", "mesh.obj", "mesh.ply")
 
@@ -226,5 +225,5 @@ def write_example_folder(
             az, el = proxy.parse_view(name)
             cams[f"{name}.png"] = {"azimuth": az, "elevation": el}
         (folder / "cameras.json").write_text(json.dumps(cams, indent=1) + "\n")
-        proxy.mesh_from_voxels(shape.occupancy, shape.colors).export(folder / "mesh.ply")
+        mesh_from_voxels(shape.occupancy, shape.colors).export(folder / "mesh.ply")
     return root
