@@ -133,7 +133,7 @@ def camera_name(camera: Any, names: Mapping[str, Any] | None = None) -> str:
     for name, known in _named(names).items():
         if abs((known.azimuth - cam.azimuth + 180) % 360 - 180) < 1e-6 and abs(known.elevation - cam.elevation) < 1e-6:
             return name
-    number = lambda x: f"{round(x, 6):g}"
+    number = lambda x: f"{x:.6f}".rstrip("0").rstrip(".")
     return number(cam.azimuth) + (f",{number(cam.elevation)}" if cam.elevation else "")
 
 

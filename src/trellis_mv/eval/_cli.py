@@ -21,11 +21,15 @@ _EPILOG = """examples:
 """
 
 
-def _stage_params(args: argparse.Namespace, adapter: Any) -> dict[str, dict[str, Any]]:
+def _stage_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     from trellis_mv.cli import SAMPLER_PARAMS
-    from trellis_mv.pipeline import parse_stage_values
+    from trellis_mv.pipeline import adapter_class, parse_stage_values
 
-    names, aliases = tuple(adapter.samplers), getattr(adapter, "stage_aliases", {})
+    cls = adapter_class(args.model)  # the stage names before any model work: declared, or a bare instance's samplers
+    if not any(getattr(args, key) for key in SAMPLER_PARAMS):
+        return {}
+    names = tuple(getattr(cls, "sampler_attributes", None) or cls().samplers)
+    aliases = getattr(cls, "stage_aliases", {})
     params: dict[str, dict[str, Any]] = {}
     for key in SAMPLER_PARAMS:
         for stage, value in parse_stage_values(getattr(args, key), names, aliases).items():
@@ -52,17 +56,11 @@ def _run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from trellis_mv.cli import SAMPLER_PARAMS
-    from trellis_mv.eval._jobs import placement
-    from trellis_mv.eval._run import _load_adapter, _pick_device, evaluate
+    from trellis_mv.eval._run import evaluate
 
-    adapter, params = None, {}
-    if any(getattr(args, key) for key in SAMPLER_PARAMS):  # per-stage values: the model's own stage names
-        adapter = _load_adapter(args.model, _pick_device(args.device, placement()))
-        params = _stage_params(args, adapter)
     res = evaluate(
-        out=args.out, dataset=args.dataset, model=args.model, adapter=adapter, views=args.views, aggregators=args.aggregators,
-        seeds=args.seeds, first_object=args.first_object, objects=args.objects, params=params,
+        out=args.out, dataset=args.dataset, model=args.model, views=args.views, aggregators=args.aggregators,
+        seeds=args.seeds, first_object=args.first_object, objects=args.objects, params=_stage_params(args),
         max_batch=args.max_batch, device=args.device, max_jobs=args.max_jobs, progress=not args.quiet,
         report=not args.no_report, spread_views=args.spread_views,
     )

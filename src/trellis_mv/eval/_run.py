@@ -223,7 +223,7 @@ def evaluate(
     *,
     out: str | os.PathLike[str],
     dataset: str | Dataset = "proxy",
-    model: str | None = None,
+    model: str = "proxy",
     adapter: Any = None,
     views: Sequence[int] = (1, 2, 4),
     aggregators: Sequence[str] = ("multidiffusion",),
@@ -244,8 +244,7 @@ def evaluate(
 
     :param out: the results folder (created; a restart with the same options resumes it).
     :param dataset: ``"proxy"``, ``"folder:PATH"`` or a :class:`Dataset`.
-    :param model: ``"proxy"`` (the default) or a TRELLIS.2 hub id / folder; with ``adapter``, only
-        the name the results record (default: the adapter's ``name``).
+    :param model: ``"proxy"`` or a TRELLIS.2 hub id / folder; ignored when ``adapter`` is given.
     :param adapter: an already built pipeline adapter (e.g. a TRELLIS.2 pipeline). Its optional
         members decide the scores: ``to_voxels(output)`` (against the proxy's shapes),
         ``to_mesh(output)`` (against a true mesh) and ``render(output, camera, size)`` (at the
@@ -272,7 +271,7 @@ def evaluate(
         raise ValueError(f"--seeds {seeds}: need at least 1 seed")
     if max_jobs is not None and max_jobs < 0:
         raise ValueError(f"--max-jobs {max_jobs}: must be >= 0")
-    model_name = model or ("proxy" if adapter is None else getattr(adapter, "name", type(adapter).__name__))
+    model_name = model if adapter is None else getattr(adapter, "name", type(adapter).__name__)
     config = {"model": model_name, "dataset": ds.describe(), "views": counts, "aggregators": specs, "seeds": seeds,
               "params": json.loads(json.dumps(params or {}, default=list)), "max_batch": max_batch}
     _check_config(out, config)
@@ -298,7 +297,7 @@ def evaluate(
               flush=True)
     ran = 0
     if todo:
-        adapter = adapter if adapter is not None else _load_adapter(model_name, _pick_device(device, where))
+        adapter = adapter if adapter is not None else _load_adapter(model, _pick_device(device, where))
         ran = _work(adapter, ds, todo, store, where, len(mine), len(jobs), params, max_batch, progress, group)
     left = len(pending(jobs, store.done()))
     result: dict[str, Any] = {"jobs": len(jobs), "ran": ran, "pending": left, "report": None}

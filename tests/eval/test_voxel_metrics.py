@@ -1,4 +1,4 @@
-"""Views, face visibility, the shape generator's components and the scores of the proxy model."""
+"""The proxy's views, face visibility, the shape generator's components and the voxel scores of its results."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from trellis_mv.eval import fscore, reference_iou
+from trellis_mv.eval import score_voxels as score
 from trellis_mv.proxy import (
     COMPONENTS,
     FACES,
@@ -17,13 +19,10 @@ from trellis_mv.proxy import (
     NAMED_VIEWS,
     PALETTE,
     VIEW_SETS,
-    fscore,
     make_shape,
     palette_index,
     parse_view,
-    reference_iou,
     render,
-    score,
     view_name,
     visible_faces,
 )
@@ -41,7 +40,19 @@ def test_named_views_look_down_25_degrees_and_view_sets():
     assert NAMED_VIEWS["top"] == (0.0, 90.0)
     assert VIEW_SETS == {1: ["front"], 2: ["front", "right"], 4: ["front", "right", "back", "left"]}
     assert parse_view("az30el20") == (30.0, 20.0) and parse_view("az90") == (90.0, 0.0)
-    assert view_name((270, 25)) == "left" and view_name((0, 0)) == "az0"
+    assert view_name((270, 25)) == "left" and view_name((0, 0)) == "0" and parse_view(view_name((0, 0))) == (0.0, 0.0)
+
+
+def test_the_old_score_names_still_work_and_say_where_they_went():
+    import trellis_mv.eval as ev
+    import trellis_mv.proxy as proxy
+
+    with pytest.warns(DeprecationWarning, match=r"trellis_mv.eval.score_voxels"):
+        assert proxy.score is ev.score_voxels
+    with pytest.warns(DeprecationWarning, match=r"trellis_mv.eval.HELD_OUT_VIEWS"):
+        assert proxy.HELDOUT_VIEWS is ev.HELD_OUT_VIEWS
+    with pytest.raises(AttributeError, match="no attribute 'scores'"):
+        proxy.scores  # noqa: B018
 
 
 @settings(max_examples=25, deadline=None)
