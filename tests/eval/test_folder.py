@@ -88,3 +88,33 @@ def test_an_adapter_built_in_python_is_used_as_given(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == "tiny-proxy"
     forwards = [json.loads(line)["cost"]["model_forwards"] for line in (tmp_path / "run" / "results" / "rank-0000.jsonl").open()]
     assert forwards == [2 * 2 * 1, 2 * 2 * 2]  # multidiffusion batches views and negative; single runs them apart
+
+
+def test_scores_come_from_the_adapters_optional_members_and_its_prepare(folder, tmp_path):
+    from PIL import Image
+
+    big = tmp_path / "big"
+    for obj in FolderDataset(folder, objects=1).object_ids():
+        (big / obj).mkdir(parents=True)
+        for f in (folder / obj).iterdir():
+            if f.suffix == ".png":  # photos at 128 px: the adapter's prepare makes them 64 px
+                Image.open(f).resize((128, 128), Image.Resampling.NEAREST).save(big / obj / f.name)
+            else:
+                (big / obj / f.name).write_bytes(f.read_bytes())
+    rendered = []
+
+    class Members(proxy.ProxyPipeline):
+        to_voxels = None  # eval may use only what an adapter offers: here a mesh and renders
+
+        def render(self, output, camera, size):
+            rendered.append((tuple(camera), size))
+            return super().render(output, camera, size)
+
+    adapter = Members()
+    adapter.default_params = {s: {**p, "steps": 2} for s, p in adapter.default_params.items()}
+    evaluate(adapter=adapter, out=tmp_path / "run", dataset=FolderDataset(big), views=[1], progress=False, report=False)
+    cameras = json.loads((big / "proxy-1000000007" / "cameras.json").read_text())
+    assert {c for c, _ in rendered} == {(c["azimuth"], c["elevation"]) for c in cameras.values()}
+    assert {s for _, s in rendered} == {64}
+    metrics = json.loads((tmp_path / "run" / "results" / "rank-0000.jsonl").open().readline())["metrics"]
+    assert {"chamfer", "given_psnr", "heldout_psnr"} <= set(metrics) and "iou" not in metrics
