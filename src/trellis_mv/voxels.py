@@ -8,7 +8,7 @@ device. Voxel ``[x, y, z]`` spans ``[-1, 1]^3`` with ``+y`` up and the front cam
 Cameras are anything :func:`trellis_mv.parse_camera` reads (``"front"``, ``"90,20"``,
 ``"az30el20"``, ``(azimuth, elevation)``, a :class:`~trellis_mv.Camera`); ``names`` are the
 adapter's ``named_cameras`` (the proxy's ``front`` is raised 25 degrees), the core's
-:data:`~trellis_mv.CAMERA_NAMES` otherwise. Renders are orthographic and span ``[-1, 1]`` in
+the core's names (``front`` is level) otherwise. Renders are orthographic and span ``[-1, 1]`` in
 both directions; every pixel casts one ray and stops at the first occupied voxel (an exact
 voxel traversal, so each pixel knows the voxel and the face it sees: :func:`visible_faces`).
 The light is fixed to the world (a sun above, right and in front), so each face direction

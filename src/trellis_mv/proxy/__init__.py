@@ -39,12 +39,12 @@ from trellis_mv.proxy._pipeline import (
     view_name,
     visible_faces,
 )
-from trellis_mv.voxels import FACES, mesh_from_voxels
+from trellis_mv.voxels import FACES as FACES  # now trellis_mv.voxels'; still importable from here
+from trellis_mv.voxels import mesh_from_voxels as mesh_from_voxels
 
 __all__ = [
     "COMPONENTS",
     "DEFAULT_PARAMS",
-    "FACES",
     "GRID",
     "HELD_OUT_SEED",
     "NAMED_VIEWS",
@@ -64,7 +64,6 @@ __all__ = [
     "load_models",
     "make_shape",
     "make_shapes",
-    "mesh_from_voxels",
     "palette_index",
     "parse_view",
     "preprocess",
