@@ -1,19 +1,17 @@
 """Voxel grids as images and meshes, on the grid's own device: rays, renders, visible faces, meshes.
 
-Model-free: any adapter whose output is (or holds) an occupancy grid ``bool [R, R, R]`` with
-colours ``float [R, R, R, 3]`` can render and mesh it here, and the tensors stay on their
-device. Voxel ``[x, y, z]`` spans ``[-1, 1]^3`` with ``+y`` up and the front camera on ``+z``
-(trellis-mv's object frame).
+Model-free: any adapter whose output holds an occupancy grid ``bool [R, R, R]`` with colours
+``float [R, R, R, 3]`` can render and mesh it here, on the tensors' device. Voxel ``[x, y, z]``
+spans ``[-1, 1]^3``, ``+y`` up, the front camera on ``+z`` (trellis-mv's object frame).
 
 Cameras are anything :func:`trellis_mv.parse_camera` reads (``"front"``, ``"90,20"``,
 ``"az30el20"``, ``(azimuth, elevation)``, a :class:`~trellis_mv.Camera`); ``names`` are the
-adapter's ``named_cameras`` (the proxy's ``front`` is raised 25 degrees), the core's
-the core's names (``front`` is level) otherwise. Renders are orthographic and span ``[-1, 1]`` in
-both directions; every pixel casts one ray and stops at the first occupied voxel (an exact
-voxel traversal, so each pixel knows the voxel and the face it sees: :func:`visible_faces`).
-The light is fixed to the world (a sun above, right and in front), so each face direction
-has its own brightness and an image tells the direction it was seen from. The background is
-black, as TRELLIS.2's preprocessing composites on black.
+adapter's ``named_cameras`` (the proxy's ``front`` is raised 25 degrees), else the core's
+(``front`` is level). Renders are orthographic and span ``[-1, 1]`` in both directions; each
+pixel's ray stops at the first occupied voxel (an exact voxel traversal, so each pixel knows
+the voxel and the face it sees: :func:`visible_faces`). The light is fixed to the world (a sun
+above, right and in front), so each face direction has its own brightness and an image tells
+the direction it was seen from. The background is black, as TRELLIS.2's preprocessing's.
 
 >>> occ = torch.zeros(16, 16, 16, dtype=torch.bool); occ[4:12, 4:10, 6:10] = True
 >>> img, mask = render(occ, torch.ones(16, 16, 16, 3), ["front", "az45el30"], size=32)

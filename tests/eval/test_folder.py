@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import trimesh
 
+import trellis_mv
 from trellis_mv import proxy
 from trellis_mv.eval import FolderDataset, evaluate, score_mesh, write_example_folder
 from trellis_mv.eval._datasets import given_views
@@ -21,7 +22,7 @@ def test_example_folder_round_trips_views_cameras_and_mesh(folder):
     assert ds.object_ids() == ["proxy-1000000007", "proxy-1000000008"]
     obj = ds.load("proxy-1000000007")
     assert obj.view_names == ["front", "right", "back", "left", "top"]
-    assert obj.cameras == {n: proxy.parse_view(n) for n in obj.view_names}
+    assert obj.cameras == {n: trellis_mv.parse_camera(n, proxy.NAMED_VIEWS) for n in obj.view_names}
     shape = proxy.make_shape(1000000007)
     photo = proxy.preprocess(obj.images["back"])
     assert (photo - proxy.input_views(shape.occupancy, shape.colors, ["back"])[0]).abs().max().item() <= 1 / 255 + 1e-6

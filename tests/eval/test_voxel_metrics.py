@@ -10,6 +10,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from trellis_mv import camera_name, parse_camera
 from trellis_mv.eval import fscore, reference_iou
 from trellis_mv.eval import score_voxels as score
 from trellis_mv.proxy import (
@@ -21,15 +22,13 @@ from trellis_mv.proxy import (
     VIEW_SETS,
     make_shape,
     palette_index,
-    parse_view,
     render,
-    view_name,
     visible_faces,
 )
 
 
 def _camera_dir(view) -> np.ndarray:
-    az, el = (math.radians(a) for a in parse_view(view))
+    az, el = (math.radians(a) for a in parse_camera(view, NAMED_VIEWS))
     return np.array([math.sin(az) * math.cos(el), math.sin(el), math.cos(az) * math.cos(el)])
 
 
@@ -39,8 +38,7 @@ def test_named_views_look_down_25_degrees_and_view_sets():
     }
     assert NAMED_VIEWS["top"] == (0.0, 90.0)
     assert VIEW_SETS == {1: ["front"], 2: ["front", "right"], 4: ["front", "right", "back", "left"]}
-    assert parse_view("az30el20") == (30.0, 20.0) and parse_view("az90") == (90.0, 0.0)
-    assert view_name((270, 25)) == "left" and view_name((0, 0)) == "0" and parse_view(view_name((0, 0))) == (0.0, 0.0)
+    assert camera_name((270, 25), NAMED_VIEWS) == "left" and camera_name((0, 0), NAMED_VIEWS) == "0"
 
 
 def test_the_old_score_names_still_work_and_say_where_they_went():
@@ -51,6 +49,10 @@ def test_the_old_score_names_still_work_and_say_where_they_went():
         assert proxy.score is ev.score_voxels
     with pytest.warns(DeprecationWarning, match=r"trellis_mv.eval.HELD_OUT_VIEWS"):
         assert proxy.HELDOUT_VIEWS is ev.HELD_OUT_VIEWS
+    with pytest.warns(DeprecationWarning, match=r"trellis_mv.parse_camera with names=trellis_mv.proxy.NAMED_VIEWS"):
+        assert proxy.parse_view("back") == (180.0, 25.0)
+    with pytest.warns(DeprecationWarning, match=r"trellis_mv.camera_name"):
+        assert proxy.view_name((180, 25)) == "back"
     with pytest.raises(AttributeError, match="no attribute 'scores'"):
         proxy.scores  # noqa: B018
 

@@ -121,10 +121,8 @@ def _photo(adapter: Any, image: Any) -> torch.Tensor:
 
 def _camera(obj: EvalObject, view: str, names: Any) -> Camera | None:
     """A view's camera: the data set's, else the view's name read as a camera of the adapter (``front``), else None."""
-    if view in obj.cameras:
-        return parse_camera(obj.cameras[view])
     try:
-        return parse_camera(view, names)
+        return parse_camera(obj.cameras.get(view, view), names)
     except ViewError:
         return None
 

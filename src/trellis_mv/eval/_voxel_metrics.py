@@ -20,7 +20,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from trellis_mv._views import parse_camera
 from trellis_mv.proxy import NAMED_VIEWS, VIEW_SETS, View, render, visible_faces  # the proxy's shapes: its camera names
 from trellis_mv.proxy._data import COMPONENTS, HELD_OUT_SEED, Shape, make_shape, palette_index
 from trellis_mv.voxels import FACES, trace
@@ -151,14 +150,14 @@ def score_voxels(
     col = torch.as_tensor(colors, dtype=torch.float32).cpu()
     true_occ = torch.from_numpy(shape.occupancy)
     true_col = torch.from_numpy(shape.colors)
-    given = [parse_camera(v, NAMED_VIEWS) for v in given_views]
+    given = list(given_views)
     if not given:
         raise ValueError("given_views is empty: pass the views the result was generated from, e.g. ['front']")
     out = {"iou": iou(occ, true_occ), "chamfer": chamfer(occ, true_occ), "fscore": fscore(occ, true_occ)}
 
     # given views: silhouettes and colours
-    pred_hits = trace(occ[None], given, _SIZE)
-    true_hits = trace(true_occ[None], given, _SIZE)
+    pred_hits = trace(occ[None], given, _SIZE, names=NAMED_VIEWS)
+    true_hits = trace(true_occ[None], given, _SIZE, names=NAMED_VIEWS)
     inter = (pred_hits.hit & true_hits.hit).flatten(1).sum(1).float()
     union = (pred_hits.hit | true_hits.hit).flatten(1).sum(1).float()
     per_view = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
@@ -213,10 +212,10 @@ def reference_iou(shape: Shape, given_views: Sequence[str | View], samples: int 
     >>> 0 <= ref["random"] < ref["ideal"] <= 1
     True
     """
-    given = [parse_camera(v, NAMED_VIEWS) for v in given_views]
+    given = list(given_views)
     occ = torch.from_numpy(shape.occupancy)
     ref_img, ref_mask = render(occ, torch.from_numpy(shape.colors), given, size=_SIZE)
-    hits = trace(occ[None], given, _SIZE)
+    hits = trace(occ[None], given, _SIZE, names=NAMED_VIEWS)
     v = hits.voxel[hits.hit]
     shown = {int(k) for k in np.unique(shape.labels[v[:, 0].numpy(), v[:, 1].numpy(), v[:, 2].numpy()])}
     hidden = [k for k in range(len(COMPONENTS)) if k not in shown]

@@ -17,7 +17,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from trellis_mv._errors import ParameterError, ViewError
-from trellis_mv.proxy._pipeline import NAMED_VIEWS, View, example_images, parse_view, render, view_name
+from trellis_mv._views import camera_name, parse_camera
+from trellis_mv.proxy._pipeline import NAMED_VIEWS, View, example_images, render
 from trellis_mv.voxels import mesh_from_voxels
 
 __all__ = ["demo", "export_result"]
@@ -29,7 +30,7 @@ def _view_of(path: Path) -> str | None:
         if not token[:1].isalpha():  # a name or az30el20; "photo_01" is not at azimuth 1
             continue
         try:
-            return view_name(token)
+            return camera_name(token, NAMED_VIEWS)
         except ViewError:
             continue
     return None
@@ -41,7 +42,7 @@ def _match_view(image: torch.Tensor, occ: torch.Tensor, col: torch.Tensor) -> st
     small = torch.nn.functional.avg_pool2d(image[None], 2)[0]
     imgs, _ = render(occ, col, cands, size=32)
     err = (imgs - small[None]).abs().mean((1, 2, 3))
-    return view_name(cands[int(err.argmin())])
+    return camera_name(cands[int(err.argmin())], NAMED_VIEWS)
 
 
 def _tile(img: torch.Tensor | np.ndarray | None, label: str, size: int = 128) -> Image.Image:
@@ -85,7 +86,8 @@ def export_result(result: Any, folder: Path) -> list[str]:
         names = []
         for i, image in enumerate(inputs):
             camera = result.cameras[i] if result.cameras else None
-            name = view_name(camera) if camera else _view_of(Path(result.inputs[i])) if i < len(result.inputs) else None
+            given = _view_of(Path(result.inputs[i])) if i < len(result.inputs) else None
+            name = camera_name(camera, NAMED_VIEWS) if camera else given
             names.append(name or _match_view(image, occ, col))
         suffix = "" if k == 0 else f"_{k}"
         mesh_from_voxels(occ, col).export(folder / f"mesh{suffix}.glb")
@@ -108,5 +110,5 @@ def demo(out_dir: str | os.PathLike, *, num_views: int = 4, overwrite: bool = Fa
     if isinstance(num_views, bool) or not isinstance(num_views, int) or not 1 <= num_views <= 4:
         raise ParameterError(f"num_views must be between 1 and 4 (there are 4 bundled views), got num_views={num_views!r}")
     images = example_images()[:num_views]
-    run.setdefault("cameras", [parse_view(p.stem) for p in images])
+    run.setdefault("cameras", [parse_camera(p.stem, NAMED_VIEWS) for p in images])
     return generate(adapter or ProxyPipeline(), images, out_dir, overwrite=overwrite, **run)

@@ -30,14 +30,14 @@ from PIL import Image
 from trellis_mv import voxels
 from trellis_mv._errors import ImageError
 from trellis_mv._images import load_image
-from trellis_mv._views import CAMERA_NAMES, Camera, camera_name, parse_camera
+from trellis_mv._views import CAMERA_NAMES, Camera
 from trellis_mv.proxy._models import ProxyModels, decode_structure, load_models
 from trellis_mv.samplers import FlowEulerGuidanceIntervalSampler
 from trellis_mv.sparse import SparseTensor
 
 __all__ = [
     "DEFAULT_PARAMS", "NAMED_VIEWS", "STAGES", "VIEW_SETS", "ProxyPipeline", "ProxyResult", "View", "default_weights",
-    "example_images", "input_views", "parse_view", "preprocess", "render", "view_name", "visible_faces",
+    "example_images", "input_views", "preprocess", "render", "visible_faces",
 ]
 
 View = tuple[float, float]
@@ -45,23 +45,6 @@ View = tuple[float, float]
 NAMED_VIEWS: dict[str, Camera] = {k: Camera(c.azimuth, 25.0 if k != "top" else c.elevation) for k, c in CAMERA_NAMES.items()}
 #: The standard view sets by number of views: each adds the side the others show least.
 VIEW_SETS: dict[int, list[str]] = {1: ["front"], 2: ["front", "right"], 4: ["front", "right", "back", "left"]}
-
-
-def parse_view(view: str | View) -> Camera:
-    """``trellis_mv.parse_camera(view, NAMED_VIEWS)``: a camera with the proxy's names.
-
-    >>> parse_view("back") == (180.0, 25.0), parse_view("az30el20") == (30.0, 20.0)
-    (True, True)
-    """
-    camera = parse_camera(view, NAMED_VIEWS)
-    if camera is None:
-        raise ValueError("parse_view got None; give a camera name, 'AZ,EL' or an (azimuth, elevation) pair")
-    return camera
-
-
-def view_name(view: str | View) -> str:
-    """``trellis_mv.camera_name(view, NAMED_VIEWS)``: ``view_name((180, 25)) == "back"``."""
-    return camera_name(view, NAMED_VIEWS)
 
 
 def _proxy_names(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -78,12 +61,8 @@ render, input_views, visible_faces = (_proxy_names(f) for f in (voxels.render, v
 STAGES = ("sparse_structure", "texture")
 #: Per-stage sampler parameters, in TRELLIS.2's style.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
-    "sparse_structure": {
-        "steps": 12, "guidance_strength": 3.0, "guidance_rescale": 0.7, "rescale_t": 3.0, "guidance_interval": (0.0, 1.0),
-    },
-    "texture": {
-        "steps": 12, "guidance_strength": 3.0, "guidance_rescale": 0.7, "rescale_t": 3.0, "guidance_interval": (0.0, 1.0),
-    },
+    stage: {"steps": 12, "guidance_strength": 3.0, "guidance_rescale": 0.7, "rescale_t": 3.0, "guidance_interval": (0.0, 1.0)}
+    for stage in STAGES
 }
 
 
