@@ -42,8 +42,8 @@ def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -
     >>> check_int("steps", 12, 1)
     12
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum or (
-        maximum is not None and value > maximum
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum or (
+        maximum is not None and int(value) > maximum
     ):
         upper = f" and <= {maximum}" if maximum is not None else ""
         raise ParameterError(f"{name} must be an integer >= {minimum}{upper}; got {name}={value!r}")

@@ -19,6 +19,7 @@ Environment switches:
 from __future__ import annotations
 
 import ast
+import builtins
 import inspect
 import os
 import sys
@@ -388,12 +389,12 @@ class Registry:
         self._infos = infos
         return infos
 
-    def list(self) -> list[AggregatorInfo]:
+    def list(self) -> builtins.list[AggregatorInfo]:
         """Every registered aggregator, sorted by name (a clashing name once per distribution)."""
         self._collect()
         return list(self._all)
 
-    def names(self) -> list[str]:
+    def names(self) -> builtins.list[str]:
         """The names :meth:`get` accepts unqualified, sorted."""
         return sorted(n for n in self._collect() if "/" not in n)
 
@@ -411,7 +412,7 @@ class Registry:
         """A new aggregator instance by name, with its options."""
         return instantiate(self.info(name).factory, options)
 
-    def check(self) -> list[PluginLoadError]:
+    def check(self) -> builtins.list[PluginLoadError]:
         """Build every aggregator whose options all have defaults; record those that fail in ``errors``.
 
         :returns: the new errors.
@@ -432,7 +433,7 @@ class Registry:
 
 
     # -- adapters ---------------------------------------------------------------------------
-    def adapters(self) -> list[AdapterInfo]:
+    def adapters(self) -> builtins.list[AdapterInfo]:
         """Every registered model adapter, sorted by name."""
         out = []
         for plugin, dist, version, groups in self._per_plugin("register_adapters"):
