@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 import trellis_mv
 from trellis_mv import Camera, ViewError, camera_name, parse_camera
 from trellis_mv.cli import main
-from trellis_mv.proxy import NAMED_VIEWS, ProxyPipeline, example_images
+from trellis_mv.proxy import NAMED_VIEWS, ProxyAdapter, example_images
 
 WORDS = ["front", "back", "90,20", "az45el30"]
 
 
-class Plain(ProxyPipeline):
+class Plain(ProxyAdapter):
     """An adapter that names no cameras of its own: the core's names apply (front is level)."""
 
     named_cameras = None
@@ -25,7 +25,7 @@ class Plain(ProxyPipeline):
 
 @pytest.fixture(scope="module")
 def adapters():
-    return {"proxy": ProxyPipeline(), "plain": Plain()}
+    return {"proxy": ProxyAdapter(), "plain": Plain()}
 
 
 @pytest.mark.parametrize("kind", ["proxy", "plain"])

@@ -104,7 +104,7 @@ def test_scores_come_from_the_adapters_optional_members_and_its_prepare(folder, 
                 (big / obj / f.name).write_bytes(f.read_bytes())
     rendered = []
 
-    class Members(proxy.ProxyPipeline):
+    class Members(proxy.ProxyAdapter):
         to_voxels = None  # eval may use only what an adapter offers: here a mesh and renders
 
         def render(self, output, camera, size):

@@ -41,14 +41,13 @@ def test_named_views_look_down_25_degrees_and_view_sets():
     assert camera_name((270, 25), NAMED_VIEWS) == "left" and camera_name((0, 0), NAMED_VIEWS) == "0"
 
 
-def test_the_old_score_names_still_work_and_say_where_they_went():
-    import trellis_mv.eval as ev
+def test_the_old_names_say_where_they_went():
     import trellis_mv.proxy as proxy
 
-    with pytest.warns(DeprecationWarning, match=r"trellis_mv.eval.score_voxels"):
-        assert proxy.score is ev.score_voxels
-    with pytest.warns(DeprecationWarning, match=r"trellis_mv.eval.HELD_OUT_VIEWS"):
-        assert proxy.HELDOUT_VIEWS is ev.HELD_OUT_VIEWS
+    with pytest.raises(AttributeError, match=r"trellis_mv.proxy.score is now trellis_mv.eval.score_voxels"):
+        proxy.score  # noqa: B018
+    with pytest.raises(AttributeError, match=r"HELDOUT_VIEWS is now trellis_mv.eval.HELD_OUT_VIEWS"):
+        from trellis_mv.proxy import HELDOUT_VIEWS  # noqa: F401
     with pytest.warns(DeprecationWarning, match=r"trellis_mv.parse_camera with names=trellis_mv.proxy.NAMED_VIEWS"):
         assert proxy.parse_view("back") == (180.0, 25.0)
     with pytest.warns(DeprecationWarning, match=r"trellis_mv.camera_name"):

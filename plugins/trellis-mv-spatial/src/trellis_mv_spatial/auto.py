@@ -31,6 +31,7 @@ the pipeline's ``prepare`` gives them; for another pipeline pass ``score=``, a f
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,9 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from trellis_mv import Patch, ViewError, parse_camera
-from trellis_mv._images import image_tensor, load_images
-from trellis_mv.pipeline import StageSpec, run_multi_image
+from trellis_mv import Patch, ViewError, parse_camera, run_multi_image
+from trellis_mv.run import StageSpec
 from trellis_mv.voxels import input_views
 
 __all__ = ["DEFAULT_CANDIDATES", "AutoResult", "auto_generate", "render_agreement"]
@@ -62,6 +62,20 @@ def _cameras(cameras: Sequence[Any], count: int, names: Any = None) -> list[Any]
     return parsed
 
 
+def _open(image: Any) -> Any:
+    from PIL import Image
+
+    return Image.open(image) if isinstance(image, (str, os.PathLike)) else image
+
+
+def _tensor(image: Any) -> torch.Tensor:
+    """A view as ``float [3, H, W]``: tensors as they are, images at their own size (RGBA composited on black)."""
+    if isinstance(image, torch.Tensor):
+        return image
+    rgba = torch.from_numpy(np.asarray(_open(image).convert("RGBA"), dtype=np.float32) / 255)
+    return (rgba[..., :3] * rgba[..., 3:]).permute(2, 0, 1)
+
+
 def render_agreement(result: Any, images: Sequence[Any], cameras: Sequence[Any], sample: int = 0, *,
                      names: Mapping[str, Any] | None = None) -> torch.Tensor:
     """Per view, the mean absolute RGB difference between a voxel result rendered from its camera and the view.
@@ -76,7 +90,7 @@ def render_agreement(result: Any, images: Sequence[Any], cameras: Sequence[Any],
     if not (hasattr(result, "occupancy") and hasattr(result, "colors")):
         raise TypeError(f"render_agreement renders voxel results; for a {type(result).__name__} pass "
                         "auto_generate(..., score=your_function(result, images, cameras) -> per-view errors)")
-    target = torch.stack([image_tensor(im, i) for i, im in enumerate(images)]).float()
+    target = torch.stack([_tensor(im) for im in images]).float()
     imgs = input_views(result.occupancy[sample], result.colors[sample], _cameras(cameras, len(images), names),
                        size=int(target.shape[-1]))
     return (imgs - target.to(imgs.device)).abs().mean((1, 2, 3))
@@ -144,7 +158,7 @@ def auto_generate(
         raise ValueError("auto_generate has no candidates; give candidates=[...] or singles=True")
 
     def default_score(result: Any, imgs: Sequence[Any], cs: Sequence[Any]) -> torch.Tensor:
-        seen = pipeline.prepare(load_images(imgs))  # the views as the model saw them
+        seen = pipeline.prepare([_open(im) for im in imgs])  # the views as the model saw them
         n = int(result.occupancy.shape[0])
         return torch.stack([render_agreement(result, seen, cs, k, names=names) for k in range(n)]).mean(0)
 
@@ -159,7 +173,7 @@ def auto_generate(
         run = run_multi_image(pipeline, images, mode="multidiffusion" if stages is not None else candidate,
                               stages=stages, cameras=cams, **run_kwargs)
         result, patches = run.output, run.patches
-        calls += sum({id(p): p.model_calls for p in patches.values()}.values())
+        calls += run.cost()["model_forwards"]
         errors = np.asarray(torch.as_tensor(scorer(result, images, cams)).float().cpu(), dtype=float).reshape(-1)
         per_view[label] = errors.tolist()
         scores[label] = float(np.median(errors))
