@@ -44,9 +44,9 @@ def test_named_views_look_down_25_degrees_and_view_sets():
 def test_the_old_names_say_where_they_went():
     import trellis_mv.proxy as proxy
 
-    with pytest.raises(AttributeError, match=r"trellis_mv.proxy.score is now trellis_mv.eval.score_voxels"):
+    with pytest.raises(ImportError, match=r"trellis_mv.proxy.score is now trellis_mv.eval.score_voxels"):
         proxy.score  # noqa: B018
-    with pytest.raises(AttributeError, match=r"HELDOUT_VIEWS is now trellis_mv.eval.HELD_OUT_VIEWS"):
+    with pytest.raises(ImportError, match=r"HELDOUT_VIEWS is now trellis_mv.eval.HELD_OUT_VIEWS"):
         from trellis_mv.proxy import HELDOUT_VIEWS  # noqa: F401
     with pytest.warns(DeprecationWarning, match=r"trellis_mv.parse_camera with names=trellis_mv.proxy.NAMED_VIEWS"):
         assert proxy.parse_view("back") == (180.0, 25.0)

@@ -60,6 +60,6 @@ def __getattr__(name: str) -> Any:
         warnings.warn(f"trellis_mv.proxy.{name} is now trellis_mv.{_CAMERAS[name].__name__} with "
                       "names=trellis_mv.proxy.NAMED_VIEWS", DeprecationWarning, stacklevel=2)
         return functools.partial(_CAMERAS[name], names=NAMED_VIEWS)
-    if name in _SCORES:
-        raise AttributeError(f"trellis_mv.proxy.{name} is now trellis_mv.eval.{_SCORES[name]}; import it from there")
+    if name in _SCORES:  # ImportError: a from-import would drop an AttributeError's message
+        raise ImportError(f"trellis_mv.proxy.{name} is now trellis_mv.eval.{_SCORES[name]}; import it from there")
     raise AttributeError(f"module 'trellis_mv.proxy' has no attribute {name!r}")
