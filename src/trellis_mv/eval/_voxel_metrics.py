@@ -20,8 +20,18 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from trellis_mv.proxy import NAMED_VIEWS, VIEW_SETS, View, render, visible_faces  # the proxy's shapes: its camera names
-from trellis_mv.proxy._data import COMPONENTS, HELD_OUT_SEED, Shape, make_shape, palette_index
+from trellis_mv.proxy import (  # the proxy's shapes, with its camera names
+    COMPONENTS,
+    HELD_OUT_SEED,
+    NAMED_VIEWS,
+    VIEW_SETS,
+    Shape,
+    View,
+    make_shape,
+    palette_index,
+    render,
+    visible_faces,
+)
 from trellis_mv.voxels import FACES, trace
 
 __all__ = ["HELD_OUT_VIEWS", "NEAREST_VOXEL", "chamfer", "color_error", "fscore", "iou", "reference_iou", "score_voxels"]

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from trellis_mv._errors import ViewError
 from trellis_mv._views import camera_name
-from trellis_mv.proxy._pipeline import NAMED_VIEWS, View, render
+from trellis_mv.proxy._cameras import NAMED_VIEWS, View, render
 from trellis_mv.voxels import mesh_from_voxels
 
 __all__ = ["export_result"]

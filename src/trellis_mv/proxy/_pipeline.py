@@ -16,8 +16,7 @@ latent's: voxel ``[x, y, z]`` with ``+y`` up and the front camera on ``+z``.
 from __future__ import annotations
 
 import copy
-import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -31,7 +30,8 @@ from trellis_mv import voxels
 from trellis_mv._errors import ImageError, ParameterError
 from trellis_mv._images import load_image
 from trellis_mv._spec import hookimpl
-from trellis_mv._views import CAMERA_NAMES, Camera
+from trellis_mv._views import Camera
+from trellis_mv.proxy._cameras import NAMED_VIEWS, VIEW_SETS, View, input_views, render, visible_faces
 from trellis_mv.proxy._models import ProxyModels, decode_structure, load_models
 from trellis_mv.samplers import FlowEulerGuidanceIntervalSampler
 from trellis_mv.sparse import SparseTensor
@@ -40,24 +40,6 @@ __all__ = [
     "DEFAULT_PARAMS", "NAMED_VIEWS", "STAGES", "VIEW_SETS", "ProxyAdapter", "ProxyResult", "View", "default_weights",
     "example_images", "input_views", "preprocess", "render", "visible_faces",
 ]
-
-View = tuple[float, float]
-#: The proxy's named cameras: front, right, back and left look down from 25 degrees, as its views are rendered.
-NAMED_VIEWS: dict[str, Camera] = {k: Camera(c.azimuth, 25.0 if k != "top" else c.elevation) for k, c in CAMERA_NAMES.items()}
-#: The standard view sets by number of views: each adds the side the others show least.
-VIEW_SETS: dict[int, list[str]] = {1: ["front"], 2: ["front", "right"], 4: ["front", "right", "back", "left"]}
-
-
-def _proxy_names(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def with_names(*args: Any, samples: int | None = None, **kwargs: Any) -> Any:  # samples: ignored, as it always was
-        return fn(*args, **{"names": NAMED_VIEWS, **kwargs})
-
-    with_names.__doc__ = f"``trellis_mv.voxels.{fn.__name__}`` with the proxy's :data:`NAMED_VIEWS` as ``names``."
-    return with_names
-
-
-render, input_views, visible_faces = (_proxy_names(f) for f in (voxels.render, voxels.input_views, voxels.visible_faces))
 
 STAGES = ("sparse_structure", "texture")
 #: Per-stage sampler parameters, in TRELLIS.2's style.
