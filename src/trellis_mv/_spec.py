@@ -113,7 +113,8 @@ class Adapter(Protocol):
       sampling; the CLI sets it when present);
     * ``render(output, camera, size) -> float [3, size, size]`` (the first sample seen from
       a :class:`~trellis_mv.Camera`), ``to_mesh(output) -> trimesh.Trimesh`` and
-      ``to_voxels(output) -> (occupancy bool [R, R, R], colors float [R, R, R, 3])``: what
+      ``to_voxels(output) -> (occupancy bool [B, R, R, R], colors float [B, R, R, R, 3])`` (every sample, on
+      its device): what
       the evaluation harness scores with; ``examples() -> list[(path, camera)]``:
       views for ``trellis-mv demo``.
 

@@ -198,10 +198,10 @@ class ProxyAdapter:
     def render(self, output: ProxyResult, camera: Any, size: int) -> torch.Tensor:
         """The first sample seen from ``camera`` (a name of :data:`NAMED_VIEWS`, ``"AZ,EL"``, a pair): ``float [3, size, size]``.
 
-        >>> pipe = ProxyPipeline()
+        >>> pipe = ProxyAdapter()
         >>> out = ProxyResult(torch.ones(1, 16, 16, 16, dtype=torch.bool), torch.ones(1, 16, 16, 16, 3))
         >>> tuple(pipe.render(out, "front", 32).shape), pipe.to_voxels(out)[0].shape, len(pipe.to_mesh(out).faces)
-        ((3, 32, 32), torch.Size([16, 16, 16]), 3072)
+        ((3, 32, 32), torch.Size([1, 16, 16, 16]), 3072)
         """
         return voxels.render(output.occupancy[0], output.colors[0], [camera], size, names=self.named_cameras)[0][0]
 
@@ -210,8 +210,8 @@ class ProxyAdapter:
         return voxels.mesh_from_voxels(output.occupancy[0], output.colors[0])
 
     def to_voxels(self, output: ProxyResult) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first sample: ``occupancy bool [16, 16, 16]`` and ``colors float [16, 16, 16, 3]``."""
-        return output.occupancy[0], output.colors[0]
+        """Every sample, where it lies: ``occupancy bool [B, 16, 16, 16]`` and ``colors float [B, 16, 16, 16, 3]``."""
+        return output.occupancy, output.colors
 
     def export(self, result: Any, folder: Path) -> list[str]:
         """``mesh.glb`` and ``comparison.png`` per sample (``mesh_1.glb``, ... after the first)."""
