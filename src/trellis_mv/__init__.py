@@ -17,7 +17,7 @@ from ._patch import Patch, patch_sampler
 from ._registry import AggregatorInfo, Registry, get_aggregator, get_registry, list_aggregators, resolve
 from ._spec import Adapter, Aggregator, hookimpl
 from ._step import Step, StepRecord
-from ._views import Camera, parse_camera
+from ._views import Camera, pad_views, parse_camera
 from .pipeline import MultiViewResult, generate, load_adapter, run_multi_image
 
 __version__ = "0.1.0"
@@ -50,6 +50,7 @@ __all__ = [
     "hookimpl",
     "list_aggregators",
     "load_adapter",
+    "pad_views",
     "parse_camera",
     "patch_sampler",
     "resolve",
