@@ -84,6 +84,8 @@ class Step:
     * :meth:`select` — exactly the unpatched sampler's output with one view (per sample);
     * :meth:`sampler_call` — the unpatched sampler's output with conditioning you build;
     * :meth:`fuse` — a weighted sum of predictions, shared or per-sample weights;
+    * :meth:`without_padding` — stacked per-view values with each sample's padding as NaN,
+      for reductions across views that take no weights (``nanmedian``);
     * :meth:`to_xstart` / :meth:`from_xstart` — to and from the x0 prediction;
     * :attr:`needs_negative` / :attr:`needs_positive` — which branches the guidance uses;
     * :meth:`record` — keep a diagnostic on the patch; :attr:`model` — the model itself.
@@ -405,6 +407,28 @@ class Step:
         if len(w) != len(preds):
             raise AggregatorError(f"fuse got {len(preds)} predictions but {len(w)} weights")
         return T.weighted_sum(list(preds), list(w))
+
+    def without_padding(self, values: torch.Tensor, views: Sequence[int] | None = None) -> torch.Tensor:
+        """Stacked per-view values with each sample's padding views set to NaN.
+
+        ``values`` is ``[V, ...]``: the ``feats`` (values) of the predictions of ``views``
+        (all views when None) stacked on dim 0, as ``torch.stack([...])`` gives them. With
+        per-sample views, the entries of a sample's padding become NaN, so that NaN-ignoring
+        reductions over dim 0 (``nanmedian``, ``nanquantile``, ``nanmean``) use each sample's
+        own views only; with shared views ``values`` is returned as it is.
+        """
+        if not self.per_sample:
+            return values
+        idx = tuple(range(self.num_views)) if views is None else tuple(int(i) for i in views)
+        key = ("padding", idx)
+        pad = self.views.cache.get(key)
+        if pad is None:  # [V, B] on the device, once per run and subset
+            pad = (self.views.weight_tensor[:, list(idx)] == 0).T.to(values.device)
+            self.views.cache[key] = pad
+        if T.is_sparse(self.x_t):
+            pad = pad[:, self.x_t.coords[:, 0].long()]
+        pad = pad.reshape(*pad.shape, *([1] * (values.ndim - 2)))
+        return values.masked_fill(pad, float("nan"))
 
     @property
     def view_directions(self) -> torch.Tensor:

@@ -18,7 +18,10 @@ Checked, with examples drawn by hypothesis:
 4. at guidance strength 1 no negative pass is made;
 5. if the aggregator declares ``fuses = True``: N identical views equal one view;
 6. if it declares ``order_free = True``: permuting views and weights together changes nothing;
-7. if it declares ``weighted = True``: views of weight 0 change nothing.
+7. if it declares ``weighted = True``: views of weight 0 change nothing;
+8. a batch of objects with their own views (``patch_sampler(..., per_sample=True)``; view
+   counts and cameras differing between samples, and weights if it declares both
+   ``weighted`` and ``order_free``) gives each sample what a run of that sample alone gives.
 
 Needs ``hypothesis`` (``pip install "trellis-mv[testing]"``).
 """
@@ -37,6 +40,7 @@ from . import _tensors as T
 from ._patch import patch_sampler
 from ._registry import resolve
 from ._spec import Aggregator
+from ._views import pad_views
 from .samplers import (
     FlowEulerGuidanceIntervalSampler,
     LegacyFlowEulerGuidanceIntervalSampler,
@@ -52,9 +56,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 __all__ = [
+    "Batch",
     "Problem",
     "TinyDenoiser",
+    "batches",
     "check_aggregator",
+    "make_batch",
     "make_problem",
     "problems",
 ]
@@ -216,6 +223,99 @@ def problems(num_views: int | None = None, *, kinds: tuple[str, ...] = ("dense",
     )
 
 
+@dataclass
+class Batch:
+    """Several objects, each with its own views, sampled together or one by one.
+
+    :ivar problems: one single-sample :class:`Problem` per object (its own noise, views,
+        weights and cameras), sharing the sampler, the model and the sampler parameters.
+    """
+
+    problems: list[Problem]
+    weights: list[list[float]]
+    cameras: list[list[Any]]
+
+    def alone(self, b: int, aggregator: Aggregator) -> Any:
+        """Object ``b`` sampled by itself with ``aggregator``."""
+        problem = self.problems[b]
+        with patch_sampler(problem.sampler, aggregator, weights=self.weights[b], cameras=self.cameras[b]):
+            return problem.run()
+
+    def together(self, aggregator: Aggregator) -> list[Any]:
+        """Every object in one sampling run (``per_sample=True``); the result of each, in order."""
+        first = self.problems[0]
+        cond, weights = pad_views([p.cond for p in self.problems], self.weights)
+        noise = _stack_samples([p.noise for p in self.problems])
+        with patch_sampler(first.sampler, aggregator, per_sample=True, weights=weights, cameras=self.cameras):
+            out = replace(first, noise=noise).run(cond=cond)
+        return _split_samples(out, [p.noise for p in self.problems])
+
+
+def _stack_samples(latents: list[Any]) -> Any:
+    if not T.is_sparse(latents[0]):
+        return torch.cat(latents)
+    coords = [x.coords.clone() for x in latents]
+    for b, c in enumerate(coords):
+        c[:, 0] = b
+    return SparseTensor(torch.cat([x.feats for x in latents]), torch.cat(coords), batch_size=len(latents))
+
+
+def _split_samples(out: Any, like: list[Any]) -> list[Any]:
+    if not T.is_sparse(out):
+        return list(out.split(1))
+    sizes = [int(x.feats.shape[0]) for x in like]
+    return [x.replace(v) for x, v in zip(like, out.feats.split(sizes), strict=True)]
+
+
+_CAMERAS = ("front", "back", "left", "right", "top", "30,20", None)
+
+
+def make_batch(
+    *, counts: tuple[int, ...] = (3, 1), weighted: bool = True, cameras: bool = True, **problem: Any
+) -> Batch:
+    """Objects with ``counts[b]`` views each; random positive weights and cameras when asked.
+
+    ``problem`` are :func:`make_problem`'s parameters (``kind``, ``dialect``, ``strength``, ...,
+    ``seed``); every object gets its own noise and views from the seed.
+
+    >>> batch = make_batch(counts=(2, 1), seed=3)
+    >>> [tuple(p.cond.shape) for p in batch.problems], len(batch.weights[0])
+    ([(2, 5, 8), (1, 5, 8)], 2)
+    """
+    seed = int(problem.pop("seed", 0))
+    problems = [make_problem(num_views=n, num_samples=1, seed=seed + 7919 * b, **problem) for b, n in enumerate(counts)]
+    base = problems[0]
+    problems = [replace(p, sampler=base.sampler, model=base.model, neg_cond=base.neg_cond) for p in problems]
+    g = torch.Generator().manual_seed(seed)
+    weights = [(torch.rand(n, generator=g, dtype=torch.float64) + 0.2).tolist() if weighted else [1.0] * n
+               for n in counts]
+    cams = [[_CAMERAS[int(i)] for i in torch.randint(len(_CAMERAS), (n,), generator=g)] if cameras else [None] * n
+            for n in counts]
+    return Batch(problems, weights, cams)
+
+
+def batches(*, weighted: bool = True) -> st.SearchStrategy[Batch]:
+    """A hypothesis strategy over :class:`Batch` es: 2 or 3 objects of 1 to 3 views each, dense or sparse.
+
+    :param weighted: random weights per view (else uniform).
+    """
+    return st.builds(
+        lambda kind, dialect, counts, steps, strength, rescale, interval, seed: make_batch(
+            counts=tuple(counts), weighted=weighted, kind=kind, dialect=dialect, steps=steps,
+            strength=strength if dialect == "trellis2" else strength - 1.0,
+            rescale=rescale if dialect == "trellis2" else 0.0, interval=interval, seed=seed,
+        ),
+        st.sampled_from(["dense", "sparse"]),
+        st.sampled_from(["trellis2", "trellis"]),
+        st.lists(st.integers(1, 3), min_size=2, max_size=3),
+        st.integers(1, 4),
+        st.sampled_from([1.0, 3.0, 7.5]),
+        st.sampled_from([0.0, 0.7]),
+        st.sampled_from([(0.0, 1.0), (0.3, 0.8)]),
+        st.integers(0, 2**16),
+    )
+
+
 def _close(a: Any, b: Any, what: str, exact: bool = False) -> None:
     fa, fb = T.feats(a), T.feats(b)
     if exact:
@@ -354,6 +454,19 @@ def check_aggregator(aggregator: str | type | Aggregator, *, max_examples: int =
             _close(a, b, f"{name}: permuting views and weights together ({_describe(problem)})")
 
         checks.append(permutation_free)
+
+    # unequal weights where the kit checks them in the shared case too (weighted and order-free)
+    @cfg
+    @given(batches(weighted=getattr(sample_agg, "weighted", False) and getattr(sample_agg, "order_free", False)))
+    def batch_equals_separate_runs(batch: Batch) -> None:
+        together = batch.together(make())
+        for b, got in enumerate(together):
+            counts = [int(p.cond.shape[0]) for p in batch.problems]
+            _close(got, batch.alone(b, make()),
+                   f"{name}: sample {b} of a batch of objects with their own views (view counts {counts}, weights, "
+                   f"cameras) vs that object alone ({_describe(batch.problems[b])})")
+
+    checks.append(batch_equals_separate_runs)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # e.g. stochastic's "more views than steps"

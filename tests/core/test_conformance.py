@@ -75,6 +75,30 @@ class Sums:
         return step.guide(step.fuse(step.predict(), [1.0] * step.num_views))
 
 
+class IgnoresPadding:
+    """Uniform mean over every view column: a sample's padding views leak into its result."""
+
+    name = "ignores-padding"
+    fuses = True
+    order_free = True
+
+    def __call__(self, step):
+        preds = step.predict()
+        return step.guide(step.fuse(preds, [1.0 / len(preds)] * len(preds)))
+
+
+class FirstSampleWeights:
+    """Fuses every sample with the first sample's weights (right whenever the views are shared)."""
+
+    name = "first-sample-weights"
+    fuses = True
+    order_free = True
+    weighted = True
+
+    def __call__(self, step):
+        return step.guide(step.fuse(step.predict(), step.sample_weights[0].tolist()))
+
+
 class KeepsStateOnSelf:
     """Keeps a counter on self instead of step.state: the schedule leaks across runs."""
 
@@ -99,6 +123,8 @@ class KeepsStateOnSelf:
         (FirstViewClaimsOrderFree, "permuting views and weights"),
         (Sums, "identical views vs one view"),
         (KeepsStateOnSelf, "one view vs the unpatched sampler"),
+        (IgnoresPadding, "of a batch of objects with their own views"),
+        (FirstSampleWeights, "of a batch of objects with their own views"),
     ],
 )
 def test_kit_catches_broken_aggregators(broken, invariant):
