@@ -23,16 +23,21 @@ Checked, with examples drawn by hypothesis:
    counts and cameras differing between samples, and weights if it declares both
    ``weighted`` and ``order_free``) gives each sample what a run of that sample alone gives.
 
+A plugin's test file gets this check, the registry lookup and the doctests of the
+aggregator's module from :class:`AggregatorTests` in two lines.
+
 Needs ``hypothesis`` (``pip install "trellis-mv[testing]"``).
 """
 
 from __future__ import annotations
 
 import copy
+import doctest
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -56,6 +61,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 __all__ = [
+    "AggregatorTests",
     "Batch",
     "Problem",
     "TinyDenoiser",
@@ -174,14 +180,17 @@ def make_problem(
     interval: tuple[float, float] = (0.0, 1.0),
     rescale_t: float = 1.0,
     seed: int = 0,
+    denoiser: type[TinyDenoiser] | None = None,
 ) -> Problem:
     """Build a reference problem.
 
     :param kind: ``"dense"`` (latent ``[B, 4, 3, 3]``) or ``"sparse"`` (a few voxels per sample).
     :param dialect: ``"trellis2"`` (``guidance_*``) or ``"trellis"`` (v1's ``cfg_*``, no rescale).
+    :param denoiser: the model class, :class:`TinyDenoiser` or a subclass (e.g. one whose
+        conditioning enters through cross-attention).
     """
     g = torch.Generator().manual_seed(seed)
-    model = TinyDenoiser(seed=seed)
+    model = (denoiser or TinyDenoiser)(seed=seed)
     noise = (
         torch.randn(num_samples, model.channels, 3, 3, generator=g)
         if kind == "dense"
@@ -201,14 +210,17 @@ def make_problem(
     return Problem(sampler, model, noise, cond, neg, kwargs)
 
 
-def problems(num_views: int | None = None, *, kinds: tuple[str, ...] = ("dense", "sparse")) -> st.SearchStrategy[Problem]:
+def problems(
+    num_views: int | None = None, *, kinds: tuple[str, ...] = ("dense", "sparse"),
+    denoiser: type[TinyDenoiser] | None = None,
+) -> st.SearchStrategy[Problem]:
     """A hypothesis strategy over reference problems (both dialects, guidance on and off)."""
     return st.builds(
         lambda kind, dialect, n, b, steps, strength, rescale, interval, rescale_t, seed: make_problem(
             kind=kind, dialect=dialect, num_views=n, num_samples=b, steps=steps,
             strength=strength if dialect == "trellis2" else strength - 1.0,
             rescale=rescale if dialect == "trellis2" else 0.0,
-            interval=interval, rescale_t=rescale_t, seed=seed,
+            interval=interval, rescale_t=rescale_t, seed=seed, denoiser=denoiser,
         ),
         st.sampled_from(kinds),
         st.sampled_from(["trellis2", "trellis"]),
@@ -294,7 +306,7 @@ def make_batch(
     return Batch(problems, weights, cams)
 
 
-def batches(*, weighted: bool = True) -> st.SearchStrategy[Batch]:
+def batches(*, weighted: bool = True, denoiser: type[TinyDenoiser] | None = None) -> st.SearchStrategy[Batch]:
     """A hypothesis strategy over :class:`Batch` es: 2 or 3 objects of 1 to 3 views each, dense or sparse.
 
     :param weighted: random weights per view (else uniform).
@@ -303,7 +315,7 @@ def batches(*, weighted: bool = True) -> st.SearchStrategy[Batch]:
         lambda kind, dialect, counts, steps, strength, rescale, interval, seed: make_batch(
             counts=tuple(counts), weighted=weighted, kind=kind, dialect=dialect, steps=steps,
             strength=strength if dialect == "trellis2" else strength - 1.0,
-            rescale=rescale if dialect == "trellis2" else 0.0, interval=interval, seed=seed,
+            rescale=rescale if dialect == "trellis2" else 0.0, interval=interval, seed=seed, denoiser=denoiser,
         ),
         st.sampled_from(["dense", "sparse"]),
         st.sampled_from(["trellis2", "trellis"]),
@@ -333,11 +345,16 @@ _SETTINGS = dict(
 )
 
 
-def check_aggregator(aggregator: str | type | Aggregator, *, max_examples: int = 12, **options: Any) -> None:
+def check_aggregator(
+    aggregator: str | type | Aggregator, *, max_examples: int = 12, denoiser: type[TinyDenoiser] | None = None,
+    **options: Any,
+) -> None:
     """Check an aggregator against the multi-view invariants; raise ``AssertionError`` naming the broken one.
 
     :param aggregator: a registered name, an aggregator class, or an instance.
     :param max_examples: hypothesis examples per invariant.
+    :param denoiser: the reference model class (default :class:`TinyDenoiser`), for an
+        aggregator that needs more of a model (e.g. cross-attention to hook).
     :param options: the aggregator's options (with a name or a class).
 
     >>> check_aggregator("multidiffusion", max_examples=2)
@@ -348,7 +365,7 @@ def check_aggregator(aggregator: str | type | Aggregator, *, max_examples: int =
     cfg = settings(max_examples=max_examples, **_SETTINGS)
 
     @cfg
-    @given(problems())
+    @given(problems(denoiser=denoiser))
     def restores_and_shapes(problem: Problem) -> None:
         sampler = problem.sampler
         before = dict(vars(sampler))
@@ -386,7 +403,7 @@ def check_aggregator(aggregator: str | type | Aggregator, *, max_examples: int =
             raise AssertionError(f"{name}: the sampler was not restored after the model raised mid-run")
 
     @cfg
-    @given(problems(num_views=1))
+    @given(problems(num_views=1, denoiser=denoiser))
     def one_view_equals_unpatched(problem: Problem) -> None:
         expected = problem.baseline()
         with patch_sampler(problem.sampler, make()):
@@ -394,7 +411,7 @@ def check_aggregator(aggregator: str | type | Aggregator, *, max_examples: int =
         _close(got, expected, f"{name}: one view vs the unpatched sampler ({_describe(problem)})")
 
     @cfg
-    @given(problems(num_views=1))
+    @given(problems(num_views=1, denoiser=denoiser))
     def no_negative_at_strength_one(problem: Problem) -> None:
         kwargs = dict(problem.kwargs)
         kwargs["guidance_strength" if "guidance_strength" in kwargs else "cfg_strength"] = (
@@ -413,7 +430,7 @@ def check_aggregator(aggregator: str | type | Aggregator, *, max_examples: int =
     if getattr(sample_agg, "fuses", False):
 
         @cfg
-        @given(problems(num_views=1), st.integers(2, 4))
+        @given(problems(num_views=1, denoiser=denoiser), st.integers(2, 4))
         def identical_views_equal_one(problem: Problem, n: int) -> None:
             with patch_sampler(problem.sampler, make()):
                 single = problem.run()
@@ -426,7 +443,7 @@ def check_aggregator(aggregator: str | type | Aggregator, *, max_examples: int =
     if getattr(sample_agg, "weighted", False):
 
         @cfg
-        @given(problems(), st.data())
+        @given(problems(denoiser=denoiser), st.data())
         def zero_weight_views_are_ignored(problem: Problem, data: st.DataObject) -> None:
             n = problem.cond.shape[0]
             keep = data.draw(st.integers(0, n - 1), label="kept view")
@@ -442,7 +459,7 @@ def check_aggregator(aggregator: str | type | Aggregator, *, max_examples: int =
     if getattr(sample_agg, "order_free", False):
 
         @cfg
-        @given(problems(), st.data())
+        @given(problems(denoiser=denoiser), st.data())
         def permutation_free(problem: Problem, data: st.DataObject) -> None:
             n = problem.cond.shape[0]
             weights = data.draw(st.lists(st.floats(0.1, 4.0), min_size=n, max_size=n), label="weights")
@@ -457,7 +474,8 @@ def check_aggregator(aggregator: str | type | Aggregator, *, max_examples: int =
 
     # unequal weights where the kit checks them in the shared case too (weighted and order-free)
     @cfg
-    @given(batches(weighted=getattr(sample_agg, "weighted", False) and getattr(sample_agg, "order_free", False)))
+    @given(batches(weighted=getattr(sample_agg, "weighted", False) and getattr(sample_agg, "order_free", False),
+                   denoiser=denoiser))
     def batch_equals_separate_runs(batch: Batch) -> None:
         together = batch.together(make())
         for b, got in enumerate(together):
@@ -484,3 +502,43 @@ def _factory(aggregator: str | type | Aggregator, options: dict[str, Any]) -> Ca
     """A fresh aggregator per call (names and classes), or the instance itself."""
     first = resolve(aggregator, options=options)
     return (lambda: resolve(aggregator, options=options)) if isinstance(aggregator, (str, type)) else (lambda: first)
+
+
+class AggregatorTests:
+    """The tests every aggregator distribution shares; a plugin's test file subclasses it in two lines::
+
+        class TestWeighted(AggregatorTests):
+            aggregator, distribution = Weighted, "trellis-mv-weighted"
+
+    pytest then runs, for the class ``aggregator``: the conformance check
+    (:func:`check_aggregator`) for each entry of ``options``; that the registry finds it by
+    its ``name`` in ``distribution``; and the doctests of the module that defines it.
+    Optional class attributes: ``options`` (a list of option dicts, default ``[{}]``),
+    ``max_examples`` and ``denoiser`` (passed to :func:`check_aggregator`), and
+    ``doctest_modules`` (more modules whose doctests run).
+    """
+
+    aggregator: ClassVar[type]
+    distribution: ClassVar[str]
+    options: ClassVar[list[dict[str, Any]]] = [{}]
+    max_examples: ClassVar[int] = 12
+    denoiser: ClassVar[type[TinyDenoiser] | None] = None
+    doctest_modules: ClassVar[tuple[Any, ...]] = ()
+
+    def test_conforms(self) -> None:
+        for options in self.options:
+            check_aggregator(self.aggregator, max_examples=self.max_examples, denoiser=self.denoiser, **options)
+
+    def test_is_registered_by_its_distribution(self) -> None:
+        from ._registry import get_registry
+
+        info = get_registry(refresh=True).info(self.aggregator.name)
+        assert info.distribution == self.distribution, (
+            f"{self.aggregator.name!r} comes from {info.distribution!r}, not {self.distribution!r}"
+        )
+        assert info.factory is self.aggregator, f"{self.aggregator.name!r} is registered as {info.factory!r}"
+
+    def test_doctests(self) -> None:
+        for module in (sys.modules[self.aggregator.__module__], *self.doctest_modules):
+            result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+            assert result.failed == 0, f"{result.failed} of {result.attempted} doctests of {module.__name__} failed"

@@ -1,19 +1,38 @@
 """The conformance kit passes the built-ins and catches deliberately broken aggregators."""
 
+import types
+
 import pytest
 import torch
 
 import trellis_mv
-from trellis_mv.testing import check_aggregator
+from trellis_mv.aggregators.multidiffusion import MultiDiffusion
+from trellis_mv.aggregators.stochastic import Single, Stochastic
+from trellis_mv.testing import AggregatorTests, check_aggregator
 
 
-@pytest.mark.parametrize("name", ["multidiffusion", "stochastic", "single"])
-def test_builtins_conform(name):
-    check_aggregator(name)
+class TestMultiDiffusion(AggregatorTests):
+    aggregator, distribution = MultiDiffusion, "trellis-mv"
 
 
-def test_stochastic_random_order_conforms():
-    check_aggregator("stochastic", order="random", seed=7)
+class TestStochastic(AggregatorTests):
+    aggregator, distribution, options = Stochastic, "trellis-mv", [{}, {"order": "random", "seed": 7}]
+
+
+class TestSingle(AggregatorTests):
+    aggregator, distribution = Single, "trellis-mv"
+
+
+def test_shared_tests_name_a_wrong_distribution_and_a_failing_doctest(monkeypatch):
+    class Wrong(AggregatorTests):
+        aggregator, distribution = Single, "trellis-mv-weighted"
+
+    with pytest.raises(AssertionError, match="'single' comes from 'trellis-mv', not 'trellis-mv-weighted'"):
+        Wrong().test_is_registered_by_its_distribution()
+    bad = types.ModuleType("bad", ">>> 1 + 1\n3\n")
+    monkeypatch.setattr(Wrong, "doctest_modules", (bad,))
+    with pytest.raises(AssertionError, match="1 of 1 doctests of bad failed"):
+        Wrong().test_doctests()
 
 
 class Unguided:
