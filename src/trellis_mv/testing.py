@@ -239,8 +239,10 @@ def problems(
 class Batch:
     """Several objects, each with its own views, sampled together or one by one.
 
-    :ivar problems: one single-sample :class:`Problem` per object (its own noise, views,
-        weights and cameras), sharing the sampler, the model and the sampler parameters.
+    :ivar problems: one single-sample :class:`Problem` per object (its own noise and views),
+        sharing the sampler, the model and the sampler parameters.
+    :ivar weights: per object, one weight per view.
+    :ivar cameras: per object, one camera (or None) per view.
     """
 
     problems: list[Problem]

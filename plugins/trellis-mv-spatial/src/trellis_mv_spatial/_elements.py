@@ -151,8 +151,9 @@ def record_view_diagnostics(step: Step, el: Elements, a: torch.Tensor) -> None:
     averaged over channels: ``[N, B, *spatial]`` for a dense latent, ``[N, rows]`` for a sparse
     one. ``"disagreement"``: per element, the spread (root of the prior-weighted mean squared
     deviation, over views and channels) of the views' x0 predictions, in latent units:
-    ``[B, *spatial]`` or ``[rows]``. Also ``"cameras"`` (the views' cameras) and, for a sparse
-    latent, ``"coords"`` (the voxels the rows stand for), so that the record is self-contained.
+    ``[B, *spatial]`` or ``[rows]``. Also ``"cameras"`` (the views' cameras; with per-sample
+    views ``"sample_cameras"``, each sample's) and, for a sparse latent, ``"coords"`` (the
+    voxels the rows stand for), so that the record is self-contained.
     """
     if a.ndim == 3:
         a = a.mean(-1)
@@ -164,9 +165,10 @@ def record_view_diagnostics(step: Step, el: Elements, a: torch.Tensor) -> None:
     spread = (prior * (x0 - centre) ** 2).sum(0).mean(-1).sqrt().float()
     step.record("view_weights", el.per_element(full))
     step.record("disagreement", el.per_element(spread[None])[0])
-    step.record("cameras", tuple(step.sample_cameras[0]) if not step.per_sample else ())
-    if step.per_sample:
+    if step.per_sample:  # each sample's own cameras
         step.record("sample_cameras", step.sample_cameras)
+    else:
+        step.record("cameras", tuple(step.cameras))
     if el.spatial is None:
         step.record("coords", step.x_t.coords)
 

@@ -195,10 +195,12 @@ class Visibility(ElementAggregator):
     def gains(self, step: Step, el: Elements, directions: torch.Tensor) -> torch.Tensor:
         """``[V, R]`` gains in ``[0, 1]`` of the kept views (any value where a view has no camera).
 
-        ``directions``: the kept views' ``[V, 3]``, or per sample ``[B, V, 3]``.
+        ``directions``: the kept views' ``[V, 3]``, or per sample ``[B, V, 3]``, on the host (the
+        voxel march is cached by their values, read without a device sync).
         """
         if el.spatial is not None:
-            per_row = directions[el.sample_of_row.to(directions.device)] if directions.ndim == 3 else directions
+            directions = directions.to(el.values.device)
+            per_row = directions[el.sample_of_row] if directions.ndim == 3 else directions
             return directional_gain(el.positions(), el.spatial, per_row, self.temperature)
         coords = step.x_t.coords
         # the distinct directions: per sample they repeat (the same named cameras), so each is marched once
@@ -231,7 +233,7 @@ class Visibility(ElementAggregator):
             seen = known = torch.isfinite(directions).all(1)
         if not bool(seen.any()):  # a host tensor: no device sync
             return el.prior
-        gain = self.gains(step, el, directions.to(device))
+        gain = self.gains(step, el, directions)
         return combine_known(el.prior.to(gain.device), gain.to(torch.float64), known.to(gain.device), self.floor)
 
     def __repr__(self) -> str:
