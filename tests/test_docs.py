@@ -20,7 +20,7 @@ GALLERY = DOCS / "gallery"
 #: Modules whose ``__all__`` is the public API; each name must have an autodoc entry.
 PUBLIC_MODULES = [
     "trellis_mv",
-    "trellis_mv.pipeline",
+    "trellis_mv.run",
     "trellis_mv.samplers",
     "trellis_mv.sparse",
     "trellis_mv.testing",

@@ -14,16 +14,26 @@ from ._errors import (
     ViewError,
 )
 from ._patch import Patch, patch_sampler
-from ._registry import AggregatorInfo, Registry, get_aggregator, get_registry, list_aggregators, resolve
+from ._registry import (
+    AdapterInfo,
+    AggregatorInfo,
+    Registry,
+    get_aggregator,
+    get_registry,
+    list_adapters,
+    list_aggregators,
+    resolve,
+)
 from ._spec import Adapter, Aggregator, hookimpl
 from ._step import Step, StepRecord
 from ._views import Camera, pad_views, parse_camera
-from .pipeline import MultiViewResult, generate, load_adapter, run_multi_image
+from .run import MultiViewResult, adapter_class, demo, generate, load_adapter, run_multi_image
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Adapter",
+    "AdapterInfo",
     "Aggregator",
     "AggregatorError",
     "AggregatorInfo",
@@ -44,10 +54,13 @@ __all__ = [
     "UnknownAggregatorError",
     "ViewError",
     "__version__",
+    "adapter_class",
+    "demo",
     "generate",
     "get_aggregator",
     "get_registry",
     "hookimpl",
+    "list_adapters",
     "list_aggregators",
     "load_adapter",
     "pad_views",

@@ -9,13 +9,15 @@ from typing import Any
 
 from ._errors import ParameterError
 
-__all__ = ["DIALECTS", "check_int", "check_sampler_params", "check_seed"]
+__all__ = ["DIALECTS", "SAMPLER_PARAMS", "check_int", "check_sampler_params", "check_seed"]
 
 #: The sampler parameters each guidance dialect takes: TRELLIS.2's samplers and TRELLIS v1's.
 DIALECTS: dict[str, tuple[str, ...]] = {
     "trellis2": ("steps", "guidance_strength", "guidance_rescale", "rescale_t", "guidance_interval"),
     "trellis": ("steps", "cfg_strength", "cfg_interval", "rescale_t"),
 }
+#: Every sampler parameter of either dialect (the command lines take them all; the adapter's dialect checks them).
+SAMPLER_PARAMS: tuple[str, ...] = tuple(dict.fromkeys(name for names in DIALECTS.values() for name in names))
 _HINTS = {
     "trellis2": {
         "cfg_strength": "that is TRELLIS v1's name; TRELLIS.2 uses guidance_strength g = cfg_strength + 1",
@@ -40,8 +42,8 @@ def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -
     >>> check_int("steps", 12, 1)
     12
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum or (
-        maximum is not None and value > maximum
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum or (
+        maximum is not None and int(value) > maximum
     ):
         upper = f" and <= {maximum}" if maximum is not None else ""
         raise ParameterError(f"{name} must be an integer >= {minimum}{upper}; got {name}={value!r}")

@@ -1,7 +1,9 @@
-"""The aggregator registry: a pluggy manager over the ``trellis_mv`` entry-point group.
+"""The plugin registry: a pluggy manager over the ``trellis_mv`` entry-point group.
 
-Built-in aggregators come through the same door as third-party ones: they are entry
-points of the ``trellis-mv`` distribution. Nothing is loaded at import time; the default
+Plugins provide aggregators (:func:`~trellis_mv._spec.register_aggregators`) and model
+adapters (:func:`~trellis_mv._spec.register_adapters`, :func:`~trellis_mv._spec.adapter_for`).
+Built-ins come through the same door as third-party ones: they are entry points of the
+``trellis-mv`` distribution (the proxy, TRELLIS.2 and TRELLIS adapters among them). Nothing is loaded at import time; the default
 registry is built on first use by :func:`get_registry`.
 
 Environment switches:
@@ -17,11 +19,12 @@ Environment switches:
 from __future__ import annotations
 
 import ast
+import builtins
 import inspect
 import os
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import import_module, metadata
 from typing import Any
@@ -29,15 +32,24 @@ from typing import Any
 import pluggy
 
 from . import _spec
-from ._errors import AggregatorError, AggregatorOptionError, PluginLoadError, UnknownAggregatorError
+from ._errors import (
+    AggregatorError,
+    AggregatorOptionError,
+    ParameterError,
+    PluginLoadError,
+    TrellisMVError,
+    UnknownAggregatorError,
+)
 from ._spec import Aggregator
 
 __all__ = [
+    "AdapterInfo",
     "AggregatorInfo",
     "Registry",
     "get_aggregator",
     "get_registry",
     "instantiate",
+    "list_adapters",
     "list_aggregators",
     "parse_aggregator",
     "parse_value",
@@ -49,6 +61,9 @@ CORE_DISTRIBUTION = "trellis-mv"
 _BUILTINS = {
     "stochastic": "trellis_mv.aggregators.stochastic",
     "multidiffusion": "trellis_mv.aggregators.multidiffusion",
+    "proxy": "trellis_mv.proxy._pipeline",
+    "trellis2": "trellis_mv.integrations.trellis2",
+    "trellis": "trellis_mv.integrations.trellis",
 }
 
 
@@ -76,6 +91,18 @@ class AggregatorInfo:
             for p in sig.parameters.values()
             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
         }
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """One registered model adapter, as ``trellis-mv list`` shows it."""
+
+    name: str
+    summary: str
+    plugin: str
+    distribution: str | None
+    version: str | None
+    factory: type
 
 
 def _summary(factory: type) -> str:
@@ -297,10 +324,30 @@ class Registry:
         if not self.pm.get_hookcallers(plugin):
             self.pm.unregister(plugin)
             self._fail(f"plugin {name!r} from distribution {distribution!r} implements no hook: mark its "
-                       "register_aggregators function with @trellis_mv.hookimpl", name, distribution)
+                       "register_aggregators (or register_adapters) function with @trellis_mv.hookimpl",
+                       name, distribution)
             return
         self._dists[name] = (distribution, version)
         self._infos = None
+
+    def _per_plugin(self, hook: str, **kwargs: Any) -> Iterator[tuple[str, str | None, str | None, list[Any]]]:
+        """``(plugin, distribution, version, answers)`` of each plugin implementing ``hook``, one plugin at a time
+        (through that plugin's own hook caller, so that tracing sees each call). A plugin whose implementation
+        raises is recorded in ``errors`` and skipped, except a :class:`TrellisMVError` (e.g. :class:`ModelNotAvailable`),
+        which is about the user's input and passes through."""
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            plugin = impl.plugin_name
+            dist, version = self._dists.get(plugin, (None, None))
+            others = [p for p in self.pm.get_plugins() if p is not impl.plugin]
+            try:
+                answers = self.pm.subset_hook_caller(hook, others)(**kwargs)
+            except TrellisMVError:  # about the user's input (a model that cannot run here): theirs to hear
+                raise
+            except (Exception, SystemExit) as exc:
+                self._fail(f"plugin {plugin!r} from distribution {dist!r} raised in {hook}: "
+                           f"{type(exc).__name__}: {exc}", plugin, dist)
+                continue
+            yield plugin, dist, version, [a for a in answers if a is not None]
 
     def _collect(self) -> dict[str, AggregatorInfo]:
         if self._infos is not None:
@@ -308,17 +355,8 @@ class Registry:
         infos: dict[str, AggregatorInfo] = {}
         everything: list[AggregatorInfo] = []
         claims: dict[str, list[AggregatorInfo]] = {}
-        for impl in self.pm.hook.register_aggregators.get_hookimpls():
-            plugin = impl.plugin_name
-            dist, version = self._dists.get(plugin, (None, None))
-            others = [p for p in self.pm.get_plugins() if p is not impl.plugin]
-            try:  # through the hook caller of this plugin alone, so that tracing sees the call
-                groups = self.pm.subset_hook_caller("register_aggregators", others)()
-                factories = [f for group in groups for f in (group or [])]
-            except (Exception, SystemExit) as exc:
-                self._fail(f"plugin {plugin!r} from distribution {dist!r} raised in register_aggregators: "
-                           f"{type(exc).__name__}: {exc}", plugin, dist)
-                continue
+        for plugin, dist, version, groups in self._per_plugin("register_aggregators"):
+            factories = [f for group in groups for f in group]
             for factory in factories:
                 problem = _protocol_problem(factory)
                 if problem:
@@ -351,12 +389,12 @@ class Registry:
         self._infos = infos
         return infos
 
-    def list(self) -> list[AggregatorInfo]:
+    def list(self) -> builtins.list[AggregatorInfo]:
         """Every registered aggregator, sorted by name (a clashing name once per distribution)."""
         self._collect()
         return list(self._all)
 
-    def names(self) -> list[str]:
+    def names(self) -> builtins.list[str]:
         """The names :meth:`get` accepts unqualified, sorted."""
         return sorted(n for n in self._collect() if "/" not in n)
 
@@ -374,7 +412,7 @@ class Registry:
         """A new aggregator instance by name, with its options."""
         return instantiate(self.info(name).factory, options)
 
-    def check(self) -> list[PluginLoadError]:
+    def check(self) -> builtins.list[PluginLoadError]:
         """Build every aggregator whose options all have defaults; record those that fail in ``errors``.
 
         :returns: the new errors.
@@ -392,6 +430,45 @@ class Registry:
                            f"{info.distribution!r}) fails to build with its default options: {type(exc).__name__}: {exc}",
                            info.plugin, info.distribution)
         return self.errors[before:]
+
+
+    # -- adapters ---------------------------------------------------------------------------
+    def adapters(self) -> builtins.list[AdapterInfo]:
+        """Every registered model adapter, sorted by name."""
+        out = []
+        for plugin, dist, version, groups in self._per_plugin("register_adapters"):
+            for factory in (f for group in groups for f in group):
+                name = getattr(factory, "name", None)
+                if not isinstance(factory, type) or not isinstance(name, str) or not callable(getattr(factory, "load", None)):
+                    self._fail(f"plugin {plugin!r} from distribution {dist!r} returned {factory!r}, which is not an "
+                               "adapter class with a `name` and a classmethod `load(model, *, device=None, ...)`",
+                               plugin, dist)
+                    continue
+                out.append(AdapterInfo(name, _summary(factory), plugin, dist, version, factory))
+        return sorted(out, key=lambda i: (i.name, i.distribution or ""))
+
+    def adapter_for(self, model: str) -> type:
+        """The adapter class that runs ``model``: the one answer of the plugins' ``adapter_for`` hooks.
+
+        :raises ParameterError: no plugin answers (the message lists the installed adapters), or
+            two do (naming both distributions).
+        """
+        if not isinstance(model, str) or not model.strip():
+            raise ParameterError(f"model must be an adapter name (e.g. 'proxy'), a hub id or a model folder; "
+                                 f"got model={model!r}")
+        answers = [(dist or plugin, cls) for plugin, dist, _, found in self._per_plugin("adapter_for", model=model)
+                   for cls in found]
+        if len(answers) > 1:
+            listed = " and ".join(f"{getattr(c, 'name', c.__name__)!r} of {d!r}" for d, c in answers)
+            raise ParameterError(f"model {model!r} is claimed by two adapters, {listed}; uninstall one, or "
+                                 "allow one plugin with TRELLIS_MV_PLUGINS")
+        if not answers:
+            adapters = self.adapters()
+            known = "; ".join(f"{i.name} ({i.distribution or i.plugin}): {i.summary}" for i in adapters)
+            hints = " ".join(h for h in dict.fromkeys(getattr(i.factory, "install_hint", "") for i in adapters) if h)
+            raise ParameterError(f"no installed adapter runs model {model!r}; the adapters are: {known or 'none'}."
+                                 + (f" {hints}" if hints else ""))
+        return answers[0][1]
 
 
 def _is_core(distribution: str | None) -> bool:
@@ -428,6 +505,16 @@ def get_aggregator(name: str, *, registry: Registry | None = None, **options: An
     'stochastic'
     """
     return (registry or get_registry()).get(name, **options)
+
+
+def list_adapters(*, registry: Registry | None = None) -> list[AdapterInfo]:
+    """Every registered model adapter with its distribution and one-line summary.
+
+    >>> import trellis_mv
+    >>> {"proxy", "trellis2", "trellis"} <= {a.name for a in trellis_mv.list_adapters()}
+    True
+    """
+    return (registry or get_registry()).adapters()
 
 
 def list_aggregators(*, registry: Registry | None = None) -> list[AggregatorInfo]:

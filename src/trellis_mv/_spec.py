@@ -1,4 +1,4 @@
-"""The contracts: the :class:`Aggregator` protocol and the plugin hook specifications.
+"""The contracts: the :class:`Aggregator` and :class:`Adapter` protocols and the plugin hook specifications.
 
 Nothing here runs; every name is documentation that the rest of the package implements.
 """
@@ -13,9 +13,9 @@ import pluggy
 
 if TYPE_CHECKING:
     from ._step import Step
-    from .pipeline import MultiViewResult
+    from .run import MultiViewResult
 
-__all__ = ["Adapter", "Aggregator", "hookimpl", "hookspec"]
+__all__ = ["ADAPTER_DEFAULTS", "Adapter", "Aggregator", "hookimpl", "hookspec"]
 
 PROJECT = "trellis_mv"
 
@@ -82,16 +82,31 @@ class Adapter(Protocol):
     accepts beside) into views; ``sample`` runs every stage once with the views'
     conditioning stacked as the samplers' ``cond`` (one row per view, one negative row),
     as TRELLIS.2's pipeline would for one image; ``export`` writes a result's files into a
-    folder and returns their names.
+    folder and returns their names. An adapter registered by a plugin
+    (:func:`register_adapters`) also has a classmethod ``load(model, *, device=None, **options)``.
 
-    Optional attributes: ``name`` (shown in summaries), ``dialect`` (``"trellis2"``, the
-    default, or ``"trellis"``: which sampler parameters the stages take), ``stage_aliases``
-    (other spellings of stage names), ``default_params`` (per stage, for summaries),
-    ``named_cameras`` (camera names as this model's views are usually taken, e.g. the
-    proxy's ``front`` raised 25 degrees; they override :data:`trellis_mv._views.CAMERA_NAMES`) and
-    ``latent_frame`` (3x3: the object frame, x right, y up, z towards the front camera, in
-    the latent's axes; identity by default). The proxy adapter
-    (:class:`trellis_mv.proxy.ProxyPipeline`) is a complete example in about 100 lines.
+    Every other member is optional; :data:`ADAPTER_DEFAULTS` lists them with the value the
+    core assumes when an adapter lacks one, and :func:`trellis_mv.run.traits` is the one
+    place that reads them:
+
+    * ``name`` (shown in summaries; default the class name), ``stage_names`` (a class
+      attribute: the stages in order, known without loading the model; the running
+      adapter's are always ``tuple(samplers)``), ``dialect`` (``"trellis2"`` or
+      ``"trellis"``: which sampler parameters the stages take), ``stage_aliases`` (other
+      spellings of stage names), ``default_params`` (per stage, for summaries);
+    * ``named_cameras`` (camera names as this model's views are usually taken, e.g. the
+      proxy's ``front`` raised 25 degrees; they override the core's level ``front``),
+      ``latent_frame`` (3x3: the object frame, x right, y up, z towards the front camera, in
+      the latent's axes; identity when None);
+    * ``device`` (where the model runs; None: unknown), ``verbose`` (progress bars while
+      sampling; the CLI sets it when present);
+    * ``render(output, camera, size) -> float [3, size, size]`` (the first sample seen from
+      a :class:`~trellis_mv.Camera`), ``to_mesh(output) -> trimesh.Trimesh`` and
+      ``to_voxels(output) -> (occupancy bool [R, R, R], colors float [R, R, R, 3])``: what
+      the evaluation harness scores with; ``examples() -> list[(path, camera)]``:
+      views for ``trellis-mv demo``.
+
+    The proxy adapter (:class:`trellis_mv.proxy.ProxyAdapter`) is a complete example.
     """
 
     @property
@@ -112,6 +127,24 @@ class Adapter(Protocol):
         ...
 
 
+#: The optional members of an :class:`Adapter` and what the core assumes where one is missing.
+ADAPTER_DEFAULTS: Mapping[str, Any] = {
+    "name": None,
+    "stage_names": None,
+    "dialect": "trellis2",
+    "stage_aliases": {},
+    "default_params": {},
+    "named_cameras": {},
+    "latent_frame": None,
+    "device": None,
+    "verbose": None,
+    "render": None,
+    "to_mesh": None,
+    "to_voxels": None,
+    "examples": None,
+}
+
+
 @hookspec
 def register_aggregators() -> list[type]:  # type: ignore[empty-body]
     """Return the aggregator classes this plugin provides.
@@ -130,4 +163,37 @@ def register_aggregators() -> list[type]:  # type: ignore[empty-body]
             return [Mean]
 
     :returns: a list of aggregator classes.
+    """
+
+
+@hookspec
+def register_adapters() -> list[type]:  # type: ignore[empty-body]
+    """Return the adapter classes this plugin provides (``trellis-mv list`` shows them).
+
+    Each class satisfies :class:`Adapter`, has a ``name`` class attribute, a first docstring
+    line that says which models it runs, and a classmethod ``load(model, *, device=None,
+    **options)`` that builds the adapter of ``model``.
+
+    :returns: a list of adapter classes.
+    """
+
+
+@hookspec
+def adapter_for(model: str) -> type | None:
+    """Which of this plugin's adapters runs ``model`` (a name, a hub id or a local folder), or None.
+
+    :func:`trellis_mv.load_adapter` asks every plugin, as pytest asks for a collector:
+    the one adapter that answers runs the model. Answer only for models that are yours
+    (e.g. by the ``pipeline.json`` a folder holds); two answers for one model are an error
+    naming both distributions. A plugin that recognises a model it cannot run here may
+    raise :class:`~trellis_mv.ModelNotAvailable` saying what to install.
+
+    A built-in answers for its name (the proxy for ``"proxy"``)::
+
+        @hookimpl
+        def adapter_for(model):
+            return ProxyAdapter if model == "proxy" else None
+
+    :param model: what the user gave as ``--model``.
+    :returns: an adapter class, or None.
     """

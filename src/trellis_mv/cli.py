@@ -1,9 +1,9 @@
-"""The ``trellis-mv`` command: list aggregators, run the demo, generate from your views.
+"""The ``trellis-mv`` command: list plugins, run the demo, generate from your views, evaluate, serve the app.
 
 ``--model proxy`` (the default) runs the embedded proxy model on the CPU; a hub id such as
 ``microsoft/TRELLIS.2-4B`` or a local folder runs TRELLIS.2 or TRELLIS (whichever its
-``pipeline.json`` names; the package must be importable). Every model goes through the
-same run path (:func:`trellis_mv.generate`).
+``pipeline.json`` names; the package must be importable); an installed adapter plugin
+may run others. Every model goes through the same run path (:func:`trellis_mv.generate`).
 """
 
 from __future__ import annotations
@@ -18,16 +18,14 @@ from typing import Any
 
 from ._distributed import process_group_from_env, writes_outputs
 from ._errors import ParameterError, TrellisMVError, ViewError
+from ._params import SAMPLER_PARAMS
 from ._registry import get_registry
 from ._views import parse_camera
 from .app import add_command as add_app_command
-from .eval._cli import add_parser as add_eval_parser
-from .pipeline import generate, load_adapter, parse_stage, parse_stage_values
+from .eval.cli import add_parser as add_eval_parser
+from .run import demo, generate, load_adapter, parse_sampler_params, parse_stage, traits
 
 __all__ = ["build_parser", "main", "split_image_camera"]
-
-SAMPLER_PARAMS = ("steps", "guidance_strength", "guidance_rescale", "rescale_t", "guidance_interval",
-                  "cfg_strength", "cfg_interval")
 #: command-line flag -> (adapter option, value given when the flag is set)
 ADAPTER_FLAGS = {"pipeline_type": "pipeline_type", "max_num_tokens": "max_num_tokens", "envmap": "envmap",
                  "no_preprocess": "preprocess", "no_video": "video"}
@@ -59,10 +57,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     names = reg.names()
     rows = [(i.name if i.name in names and reg.info(i.name) is i else i.qualified_name,
              f"{i.distribution or '?'} {i.version or ''}".strip(), i.summary) for i in infos]
-    widths = [max([len(h), *(len(r[k]) for r in rows)]) for k, h in enumerate(("aggregator", "distribution"))]
-    print(f"{'aggregator':<{widths[0]}}  {'distribution':<{widths[1]}}  summary")
-    for name, dist, summary in rows:
-        print(f"{name:<{widths[0]}}  {dist:<{widths[1]}}  {summary}")
+    adapters = [(a.name, f"{a.distribution or '?'} {a.version or ''}".strip(), a.summary) for a in reg.adapters()]
+    for title, table in (("aggregator", rows), ("adapter", adapters)):
+        widths = [max([len(h), *(len(r[k]) for r in table)]) for k, h in enumerate((title, "distribution"))]
+        print(f"{title:<{widths[0]}}  {'distribution':<{widths[1]}}  summary")
+        for name, dist, summary in table:
+            print(f"{name:<{widths[0]}}  {dist:<{widths[1]}}  {summary}")
+        if title == "aggregator":
+            print()
     for err in reg.errors:
         print(f"error: {err}", file=sys.stderr)
     return 1 if reg.errors and args.strict else 0
@@ -70,12 +72,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _run_options(args: argparse.Namespace, adapter: Any) -> dict[str, Any]:
     """The keyword arguments of :func:`trellis_mv.run_multi_image` from the command line."""
-    stage_names = tuple(adapter.samplers)
-    aliases = getattr(adapter, "stage_aliases", None)
-    params: dict[str, dict[str, Any]] = {}
-    for name in SAMPLER_PARAMS:
-        for stage, value in parse_stage_values(getattr(args, name, None), stage_names, aliases).items():
-            params.setdefault(stage, {})[name] = value
+    info = traits(adapter)
+    params = parse_sampler_params({name: getattr(args, name, None) for name in SAMPLER_PARAMS}, info.stage_names,
+                                  info.stage_aliases)
     stages = {}
     for item in args.stage or []:
         stage, name, options = parse_stage(item)
@@ -122,8 +121,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     check_output(args.out, overwrite=args.overwrite)  # before loading any model
     with process_group_from_env() as group:  # under torchrun: one sample, its views spread over the ranks
         adapter = load_adapter(args.model, device=args.device, **options)
-        if hasattr(adapter, "verbose"):
-            adapter.verbose = not args.quiet and writes_outputs(group)
+        if traits(adapter).verbose is not None:
+            adapter.verbose = not args.quiet and writes_outputs(group)  # type: ignore[attr-defined]
         summary = generate(adapter, images, args.out, overwrite=args.overwrite, cameras=cameras, group=group,
                            **_run_options(args, adapter))
         if writes_outputs(group):
@@ -132,12 +131,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import proxy
-
     adapter = load_adapter("proxy", device=args.device)
-    adapter.verbose = not args.quiet
-    run = _run_options(args, adapter)
-    summary = proxy.demo(args.out, num_views=args.views, overwrite=args.overwrite, adapter=adapter, **run)
+    adapter.verbose = not args.quiet  # type: ignore[attr-defined]
+    summary = demo(args.out, num_views=args.views, overwrite=args.overwrite, adapter=adapter, **_run_options(args, adapter))
     _report(summary, args)
     return 0
 
@@ -163,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trellis-mv", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list the registered aggregators and their distributions")
+    p = sub.add_parser("list", help="list the registered aggregators and model adapters, and their distributions")
     p.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed to load or to build")
     p.set_defaults(func=_cmd_list)
 

@@ -179,7 +179,7 @@ class GuidanceIntervalSamplerMixin:
         )
 
 
-class FlowEulerCfgSampler(ClassifierFreeGuidanceSamplerMixin, FlowEulerSampler):
+class FlowEulerCfgSampler(ClassifierFreeGuidanceSamplerMixin, FlowEulerSampler):  # type: ignore[misc]  # cooperative mixins narrow _inference_model on purpose
     """Euler sampler with classifier-free guidance (TRELLIS.2 dialect)."""
 
     @torch.no_grad()
@@ -201,7 +201,7 @@ class FlowEulerCfgSampler(ClassifierFreeGuidanceSamplerMixin, FlowEulerSampler):
         )
 
 
-class FlowEulerGuidanceIntervalSampler(GuidanceIntervalSamplerMixin, ClassifierFreeGuidanceSamplerMixin, FlowEulerSampler):
+class FlowEulerGuidanceIntervalSampler(GuidanceIntervalSamplerMixin, ClassifierFreeGuidanceSamplerMixin, FlowEulerSampler):  # type: ignore[misc]  # cooperative mixins narrow _inference_model on purpose
     """Euler sampler with classifier-free guidance inside an interval of t (TRELLIS.2 dialect).
 
     This is the sampler of all three TRELLIS.2 stages.
@@ -250,7 +250,7 @@ class _LegacyIntervalMixin:
         return base(model, x_t, t, cond, **kwargs)
 
 
-class LegacyFlowEulerCfgSampler(_LegacyCfgMixin, FlowEulerSampler):
+class LegacyFlowEulerCfgSampler(_LegacyCfgMixin, FlowEulerSampler):  # type: ignore[misc]  # cooperative mixins narrow _inference_model on purpose
     """Euler sampler with classifier-free guidance in TRELLIS v1's dialect (``cfg_strength``)."""
 
     @torch.no_grad()
@@ -263,7 +263,7 @@ class LegacyFlowEulerCfgSampler(_LegacyCfgMixin, FlowEulerSampler):
         )
 
 
-class LegacyFlowEulerGuidanceIntervalSampler(_LegacyIntervalMixin, FlowEulerSampler):
+class LegacyFlowEulerGuidanceIntervalSampler(_LegacyIntervalMixin, FlowEulerSampler):  # type: ignore[misc]  # cooperative mixins narrow _inference_model on purpose
     """Euler sampler with guidance inside ``cfg_interval``, in TRELLIS v1's dialect."""
 
     @torch.no_grad()

@@ -18,6 +18,7 @@ torch.Size([2, 2])
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -98,7 +99,7 @@ class SparseTensor:
         out = (sq / (count - 1).clamp_min(1)).sqrt().to(self.feats.dtype)
         return out[:, None] if keepdim else out
 
-    def _elementwise(self, other: object, op: Callable[[torch.Tensor, object], torch.Tensor]) -> SparseTensor:
+    def _elementwise(self, other: Any, op: Callable[[torch.Tensor, Any], torch.Tensor]) -> SparseTensor:
         if isinstance(other, SparseTensor):
             other = other.feats
         elif isinstance(other, torch.Tensor) and other.ndim >= 1 and other.shape[0] == self._batch_size:
@@ -107,25 +108,25 @@ class SparseTensor:
             other = other[self.batch_index]
         return self.replace(op(self.feats, other))
 
-    def __add__(self, other: object) -> SparseTensor:
+    def __add__(self, other: Any) -> SparseTensor:
         return self._elementwise(other, torch.add)
 
-    def __radd__(self, other: object) -> SparseTensor:
+    def __radd__(self, other: Any) -> SparseTensor:
         return self._elementwise(other, lambda a, b: b + a)
 
-    def __sub__(self, other: object) -> SparseTensor:
+    def __sub__(self, other: Any) -> SparseTensor:
         return self._elementwise(other, torch.sub)
 
-    def __rsub__(self, other: object) -> SparseTensor:
+    def __rsub__(self, other: Any) -> SparseTensor:
         return self._elementwise(other, lambda a, b: b - a)
 
-    def __mul__(self, other: object) -> SparseTensor:
+    def __mul__(self, other: Any) -> SparseTensor:
         return self._elementwise(other, torch.mul)
 
-    def __rmul__(self, other: object) -> SparseTensor:
+    def __rmul__(self, other: Any) -> SparseTensor:
         return self._elementwise(other, lambda a, b: b * a)
 
-    def __truediv__(self, other: object) -> SparseTensor:
+    def __truediv__(self, other: Any) -> SparseTensor:
         return self._elementwise(other, torch.div)
 
     def __neg__(self) -> SparseTensor:

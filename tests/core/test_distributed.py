@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 import trellis_mv
 from trellis_mv import cli
 from trellis_mv._distributed import partition, rows_for
-from trellis_mv.pipeline import parse_aggregator, run_multi_image
 from trellis_mv.proxy import ProxyPipeline, example_images, preprocess
+from trellis_mv.run import parse_aggregator, run_multi_image
 
 STEPS = {"steps": 5}
 FULL = {s: dict(STEPS) for s in ("sparse_structure", "texture")}

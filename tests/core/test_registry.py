@@ -119,7 +119,8 @@ def test_a_plugin_cannot_shadow_a_builtin(plugins):
     "source, message",
     [
         ("raise SystemExit(3)\n", "failed to import (tmvfake_bad): SystemExit: 3"),
-        ("x = 1\n", "implements no hook: mark its register_aggregators function with @trellis_mv.hookimpl"),
+        ("x = 1\n", "implements no hook: mark its register_aggregators (or register_adapters) function with "
+                         "@trellis_mv.hookimpl"),
         (GOOD.replace("self.gain = gain", "raise OSError('no GPU here')"), "fails to build with its default options: "
                                                                            "OSError: no GPU here"),
     ],
@@ -185,9 +186,10 @@ def test_cli_list_prints_names_and_distributions(plugins, capsys):
     finally:
         trellis_mv.get_registry(refresh=True)
     out = capsys.readouterr().out.splitlines()
-    rows = {line.split()[0]: line for line in out[1:]}
+    rows = {line.split()[0]: line for line in out[1:] if line.strip()}
     assert "tmv-echo 0.4" in rows["echo"] and "Uses the first view only." in rows["echo"]
     assert "trellis-mv" in rows["multidiffusion"]
+    assert "trellis-mv" in rows["proxy"] and "--model proxy" in rows["proxy"]  # adapters are listed too
 
 
 def test_cli_list_strict_fails_on_broken_plugin(plugins, capsys):

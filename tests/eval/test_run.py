@@ -9,7 +9,7 @@ import pytest
 
 from trellis_mv.cli import main as cli_main
 from trellis_mv.eval import _run
-from trellis_mv.eval._cli import main as eval_main
+from trellis_mv.eval.cli import main as eval_main
 
 # 2 objects, N in {1, 2}: per object multidiffusion on 2 view sets and the single view on 2 views = 8 jobs
 ARGS = ["--dataset", "proxy", "--objects", "2", "--views", "1", "2", "--aggregators", "multidiffusion", "--seeds", "1",

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ..pipeline import generate, load_adapter
+from ..run import generate, load_adapter
 
 __all__ = ["default_params", "load_pipeline", "run", "stage_clock", "stage_names"]
 

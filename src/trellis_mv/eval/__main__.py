@@ -2,7 +2,7 @@
 
 import sys
 
-from trellis_mv.eval._cli import main
+from trellis_mv.eval.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

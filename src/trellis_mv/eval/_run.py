@@ -66,15 +66,14 @@ def _generate(adapter: Any, images: Sequence[Any], spec: str, seed: int, *, para
         # views go in as a user's images would (an adapter may accept tensors too, but every model takes images)
         run = run_multi_image(adapter, [_as_image(im) for im in images], mode=spec, max_batch=max_batch, seed=seed,
                               num_samples=1, params=dict(params or {}), cameras=cameras, group=group)
-        output, patches = run.output, run.patches
     if cuda:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    unique = {id(p): p for p in patches.values()}.values()
+    cost = run.cost()
     return Generation(
-        output=output,
-        model_forwards=sum(p.model_calls for p in unique),
-        latent_rows=sum(p.batch_rows for p in unique),
+        output=run.output,
+        model_forwards=cost["model_forwards"],
+        latent_rows=cost["latent_rows"],
         seconds=seconds,
         peak_memory_mib=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
     )
@@ -172,7 +171,7 @@ def _run_job(adapter: Any, obj: EvalObject, job: Job, params: Mapping[str, Any] 
 # the whole evaluation
 def _check_aggregators(aggregators: Sequence[str]) -> list[str]:
     from trellis_mv import resolve
-    from trellis_mv.pipeline import parse_aggregator
+    from trellis_mv.run import parse_aggregator
 
     if not aggregators:
         raise ValueError("no aggregators: pass --aggregators NAME [NAME ...], e.g. multidiffusion stochastic")

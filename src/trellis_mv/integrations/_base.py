@@ -61,7 +61,11 @@ def pipeline_config(model: str) -> dict[str, Any]:
 
 def pipeline_name(model: str) -> str:
     """The pipeline class a model folder or hub id declares (``pipeline.json``'s ``name``)."""
-    return str(pipeline_config(model).get("name", ""))
+    config = pipeline_config(model)
+    if not isinstance(config, dict):
+        raise ParameterError(f"{model}'s pipeline.json holds a {type(config).__name__}, not an object with a 'name'; "
+                             "is this a TRELLIS.2 or TRELLIS model folder?")
+    return str(config.get("name", ""))
 
 
 class PipelineAdapter:
@@ -80,6 +84,9 @@ class PipelineAdapter:
     params_attributes: ClassVar[dict[str, str]]
     stage_aliases: ClassVar[dict[str, str]] = {}
     install_hint: ClassVar[str]
+    #: the importable package and the ``pipeline.json`` name of the models this adapter runs
+    package: ClassVar[str]
+    pipeline_json_name: ClassVar[str]
 
     def __init__(self, pipeline: Any, *, preprocess: bool = True) -> None:
         self.pipeline = pipeline
@@ -89,6 +96,14 @@ class PipelineAdapter:
     def pipeline_class(cls) -> type:
         """The pipeline class, imported lazily; :class:`ModelNotAvailable` says how to install it."""
         raise NotImplementedError
+
+    @classmethod
+    def runs(cls, model: str) -> bool:
+        """Whether ``model`` is one of this adapter's: a local folder whose ``pipeline.json`` names its pipeline,
+        or a hub id whose does, asked only when the package is importable (so that nothing is downloaded in vain)."""
+        if not Path(model).expanduser().exists() and not importable(cls.package):
+            return False
+        return pipeline_name(model) == cls.pipeline_json_name
 
     @classmethod
     def _import(cls, module: str, name: str) -> type:

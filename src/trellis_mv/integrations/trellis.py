@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._errors import ImageError, ModelNotAvailable
+from .._spec import hookimpl
 from ._base import PipelineAdapter
 
 __all__ = ["DEFAULT_MODEL", "TrellisAdapter"]
@@ -27,7 +28,7 @@ DEFAULT_MODEL = "microsoft/TRELLIS-image-large"
 
 
 class TrellisAdapter(PipelineAdapter):
-    """A ``TrellisImageTo3DPipeline`` as an adapter (stages ``sparse_structure``, ``slat``).
+    """TRELLIS (a hub id such as microsoft/TRELLIS-image-large, or a model folder): sparse_structure, slat.
 
     :param pipeline: the loaded pipeline.
     :param formats: what ``decode_slat`` makes (``mesh``, ``gaussian``, ``radiance_field``).
@@ -37,6 +38,7 @@ class TrellisAdapter(PipelineAdapter):
     name = "trellis"
     dialect = "trellis"
     sampler_attributes: ClassVar[dict[str, str]] = {"sparse_structure": "sparse_structure_sampler", "slat": "slat_sampler"}
+    stage_names: ClassVar[tuple[str, ...]] = tuple(sampler_attributes)
     params_attributes: ClassVar[dict[str, str]] = {
         "sparse_structure": "sparse_structure_sampler_params", "slat": "slat_sampler_params",
     }
@@ -45,6 +47,8 @@ class TrellisAdapter(PipelineAdapter):
         "shape": "slat", "structured_latent": "slat",
     }
     latent_frame = ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0))
+    package = "trellis"
+    pipeline_json_name = "TrellisImageTo3DPipeline"
     install_hint = (
         "TRELLIS is not importable. Install it from https://github.com/microsoft/TRELLIS (its setup.sh), or put its "
         "source folder on PYTHONPATH. To try trellis-mv without it, run with `--model proxy`."
@@ -96,3 +100,13 @@ class TrellisAdapter(PipelineAdapter):
             postprocessing_utils.to_glb(gaussian, mesh, verbose=False).export(str(folder / f"sample_{k}.glb"))
             files.append(f"sample_{k}.glb")
         return files + self.save_views(result, folder)
+
+
+@hookimpl
+def register_adapters() -> list[type]:
+    return [TrellisAdapter]
+
+
+@hookimpl
+def adapter_for(model: str) -> type | None:
+    return TrellisAdapter if model != "proxy" and TrellisAdapter.runs(model) else None

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 
 from .._errors import ImageError, ModelNotAvailable, ParameterError
+from .._spec import hookimpl
 from ._base import PipelineAdapter, pipeline_config
 
 __all__ = ["DEFAULT_MODEL", "PIPELINE_TYPES", "Trellis2Adapter", "export_glb", "export_video", "required_models"]
@@ -51,7 +52,7 @@ def required_models(pipeline_type: str) -> tuple[str, ...]:
 
 
 class Trellis2Adapter(PipelineAdapter):
-    """A ``Trellis2ImageTo3DPipeline`` as an adapter (stages ``sparse_structure``, ``shape``, ``texture``).
+    """TRELLIS.2 (a hub id such as microsoft/TRELLIS.2-4B, or a model folder): sparse_structure, shape, texture.
 
     :param pipeline: the loaded pipeline.
     :param pipeline_type: ``512``, ``1024``, ``1024_cascade`` or ``1536_cascade`` (default:
@@ -70,6 +71,7 @@ class Trellis2Adapter(PipelineAdapter):
     sampler_attributes: ClassVar[dict[str, str]] = {
         "sparse_structure": "sparse_structure_sampler", "shape": "shape_slat_sampler", "texture": "tex_slat_sampler",
     }
+    stage_names: ClassVar[tuple[str, ...]] = tuple(sampler_attributes)
     params_attributes: ClassVar[dict[str, str]] = {
         "sparse_structure": "sparse_structure_sampler_params", "shape": "shape_slat_sampler_params",
         "texture": "tex_slat_sampler_params",
@@ -80,6 +82,8 @@ class Trellis2Adapter(PipelineAdapter):
     }
     #: object frame (x right, y up, z front) -> TRELLIS.2's grid (x right, z up, front camera on -y)
     latent_frame = ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0))
+    package = "trellis2"
+    pipeline_json_name = "Trellis2ImageTo3DPipeline"
     install_hint = (
         "TRELLIS.2 is not importable. Install it from https://github.com/microsoft/TRELLIS.2 (its setup.sh builds "
         "the CUDA extensions: o_voxel, cumesh, flex_gemm, nvdiffrast), or put its source folder on PYTHONPATH. "
@@ -204,3 +208,13 @@ def export_video(mesh: Any, path: str | os.PathLike[str], *, envmap: str | os.Pa
     env = _envmap(envmap, mesh.vertices.device)
     frames = render_utils.make_pbr_vis_frames(render_utils.render_video(mesh, envmap=env, num_frames=num_frames))
     imageio.mimsave(str(path), frames, fps=fps)
+
+
+@hookimpl
+def register_adapters() -> list[type]:
+    return [Trellis2Adapter]
+
+
+@hookimpl
+def adapter_for(model: str) -> type | None:
+    return Trellis2Adapter if model != "proxy" and Trellis2Adapter.runs(model) else None

@@ -6,24 +6,29 @@ latent) and a texture stage (sparse latent), each sampled by its own
 :class:`~trellis_mv.samplers.FlowEulerGuidanceIntervalSampler`, so
 :func:`trellis_mv.patch_sampler` and every aggregator work on it unchanged.
 
->>> import tempfile, trellis_mv.proxy as proxy
->>> summary = proxy.demo(tempfile.mkdtemp() + "/out", num_views=2, params={"texture": {"steps": 4}})
->>> summary["aggregators"], summary["num_views"]
-({'sparse_structure': 'multidiffusion', 'texture': 'multidiffusion'}, 2)
+It is the built-in adapter of ``--model proxy`` (:class:`ProxyAdapter`) plus its synthetic data set.
+
+>>> import trellis_mv
+>>> result = trellis_mv.run_multi_image(ProxyAdapter(), example_images()[:2], params={"texture": {"steps": 4}})
+>>> tuple(result.output.occupancy.shape)
+(1, 16, 16, 16)
 """
 
 from trellis_mv.proxy._data import COMPONENTS, GRID, HELD_OUT_SEED, PALETTE, Shape, make_shape, make_shapes, palette_index
-from trellis_mv.proxy._export import demo, mesh_from_voxels
+from trellis_mv.proxy._export import mesh_from_voxels
 from trellis_mv.proxy._metrics import HELDOUT_VIEWS, NEAREST_VOXEL, chamfer, color_error, fscore, iou, reference_iou, score
 from trellis_mv.proxy._models import ProxyConfig, ProxyModels, load_models, save_models
 from trellis_mv.proxy._pipeline import (
     DEFAULT_PARAMS,
     STAGES,
-    ProxyPipeline,
+    ProxyAdapter,
     ProxyResult,
     default_weights,
     example_images,
     preprocess,
+)
+from trellis_mv.proxy._pipeline import (
+    ProxyPipeline as ProxyPipeline,
 )
 from trellis_mv.proxy._render import (
     FACES,
@@ -49,16 +54,15 @@ __all__ = [
     "PALETTE",
     "STAGES",
     "VIEW_SETS",
+    "ProxyAdapter",
     "ProxyConfig",
     "ProxyModels",
-    "ProxyPipeline",
     "ProxyResult",
     "Shape",
     "View",
     "chamfer",
     "color_error",
     "default_weights",
-    "demo",
     "example_images",
     "fscore",
     "input_views",

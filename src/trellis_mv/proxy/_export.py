@@ -1,14 +1,13 @@
 """The proxy's files: a GLB of the voxels with their colours and a picture of inputs beside renders.
 
->>> import tempfile
->>> summary = demo(tempfile.mkdtemp() + "/demo", params={"sparse_structure": {"steps": 4}, "texture": {"steps": 4}})
+>>> import tempfile, trellis_mv
+>>> summary = trellis_mv.demo(tempfile.mkdtemp() + "/demo", params={"sparse_structure": {"steps": 4}, "texture": {"steps": 4}})
 >>> sorted(summary["outputs"])
 ['comparison.png', 'mesh.glb', 'summary.json']
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from trellis_mv._errors import ParameterError
-from trellis_mv.proxy._pipeline import example_images
 from trellis_mv.proxy._render import NAMED_VIEWS, View, parse_view, render, view_name
 
-__all__ = ["demo", "export_result", "mesh_from_voxels"]
+__all__ = ["export_result", "mesh_from_voxels"]
 
 _FACES = [  # (axis, sign): the 4 corners of the face of a unit cube, counter-clockwise seen from outside
     ((0, 1), [(1, 0, 0), (1, 1, 0), (1, 1, 1), (1, 0, 1)]),
@@ -137,21 +134,3 @@ def export_result(result: Any, folder: Path) -> list[str]:
         _comparison(inputs, names, occ, col).save(folder / f"comparison{suffix}.png")
         written += [f"mesh{suffix}.glb", f"comparison{suffix}.png"]
     return written
-
-
-def demo(out_dir: str | os.PathLike, *, num_views: int = 4, overwrite: bool = False, adapter: Any = None,
-         **run: Any) -> dict[str, Any]:
-    """:func:`trellis_mv.generate` on the proxy with the bundled example views (front, right, back, left).
-
-    :param num_views: how many of the four bundled views to use (1 to 4); their cameras are given.
-    :param adapter: a :class:`~trellis_mv.proxy.ProxyPipeline` to reuse (default: a new one).
-    :param run: the keyword arguments of :func:`trellis_mv.run_multi_image`.
-    """
-    from trellis_mv.pipeline import generate
-    from trellis_mv.proxy._pipeline import ProxyPipeline
-
-    if isinstance(num_views, bool) or not isinstance(num_views, int) or not 1 <= num_views <= 4:
-        raise ParameterError(f"num_views must be between 1 and 4 (there are 4 bundled views), got num_views={num_views!r}")
-    images = example_images()[:num_views]
-    run.setdefault("cameras", [parse_view(p.stem) for p in images])
-    return generate(adapter or ProxyPipeline(), images, out_dir, overwrite=overwrite, **run)

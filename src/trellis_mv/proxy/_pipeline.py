@@ -1,13 +1,13 @@
 """The proxy model as a :class:`~trellis_mv.Adapter`: two TRELLIS.2-style stages, one sampler each.
 
-``ProxyPipeline.samplers`` maps ``"sparse_structure"`` (dense latent) and ``"texture"``
+``ProxyAdapter.samplers`` maps ``"sparse_structure"`` (dense latent) and ``"texture"``
 (sparse colour latent) to their :class:`~trellis_mv.samplers.FlowEulerGuidanceIntervalSampler`;
 ``sample(views, ...)`` stacks the views' conditioning ``[N, L, C]`` and passes it as
 ``cond`` to each ``sampler.sample``, as TRELLIS.2's pipeline does. Its object frame is its
 latent's: voxel ``[x, y, z]`` with ``+y`` up and the front camera on ``+z``.
 
 >>> import trellis_mv
->>> pipe = ProxyPipeline()
+>>> pipe = ProxyAdapter()
 >>> result = trellis_mv.run_multi_image(pipe, example_images()[:2], seed=1, params={"texture": {"steps": 4}})
 >>> result.output.occupancy.shape, result.patches["sparse_structure"].model_calls
 (torch.Size([1, 16, 16, 16]), 12)
@@ -26,14 +26,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trellis_mv._errors import ImageError
+from trellis_mv._errors import ImageError, ParameterError
 from trellis_mv._images import load_image
+from trellis_mv._spec import hookimpl
 from trellis_mv.proxy._models import ProxyModels, decode_structure, load_models
 from trellis_mv.proxy._render import NAMED_VIEWS
 from trellis_mv.samplers import FlowEulerGuidanceIntervalSampler
 from trellis_mv.sparse import SparseTensor
 
-__all__ = ["DEFAULT_PARAMS", "STAGES", "ProxyPipeline", "ProxyResult", "default_weights", "example_images", "preprocess"]
+__all__ = ["DEFAULT_PARAMS", "STAGES", "ProxyAdapter", "ProxyResult", "default_weights", "example_images",
+           "preprocess"]
 
 STAGES = ("sparse_structure", "texture")
 #: Per-stage sampler parameters, in TRELLIS.2's style.
@@ -93,8 +95,8 @@ class ProxyResult:
     colors: torch.Tensor
 
 
-class ProxyPipeline:
-    """The embedded proxy model as an adapter (stages ``sparse_structure``, ``texture``).
+class ProxyAdapter:
+    """The embedded proxy model (--model proxy), small enough for a CPU: sparse_structure, texture.
 
     :param weights: a weights file (default: the shipped one).
     :param device: torch device.
@@ -103,6 +105,7 @@ class ProxyPipeline:
     """
 
     name = "proxy"
+    stage_names = STAGES
     dialect = "trellis2"
     stage_aliases: ClassVar[dict[str, str]] = {
         "ss": "sparse_structure", "structure": "sparse_structure", "sparse": "sparse_structure",
@@ -121,6 +124,17 @@ class ProxyPipeline:
         self._samplers = {stage: FlowEulerGuidanceIntervalSampler(sigma_min=1e-5) for stage in STAGES}
         self.default_params = copy.deepcopy(DEFAULT_PARAMS)
         self.verbose = verbose
+
+    @classmethod
+    def load(cls, model: str = "proxy", *, device: str | None = None, **options: Any) -> ProxyAdapter:
+        """The adapter of ``--model proxy`` (``options``: those of the constructor)."""
+        if model != "proxy":
+            raise ParameterError(f"the proxy adapter runs model 'proxy', not {model!r}")
+        return cls(device=device or "cpu", **options)
+
+    def examples(self) -> list[tuple[Path, str]]:
+        """The bundled example views with their cameras: front, right, back, left of one held-out shape."""
+        return [(path, path.stem) for path in example_images()]
 
     @property
     def samplers(self) -> dict[str, FlowEulerGuidanceIntervalSampler]:
@@ -189,3 +203,17 @@ class ProxyPipeline:
 
 
 # -- end of the adapter
+
+
+#: The name the proxy adapter had before adapters were plugins.
+ProxyPipeline = ProxyAdapter
+
+
+@hookimpl
+def register_adapters() -> list[type]:
+    return [ProxyAdapter]
+
+
+@hookimpl
+def adapter_for(model: str) -> type | None:
+    return ProxyAdapter if model == "proxy" else None

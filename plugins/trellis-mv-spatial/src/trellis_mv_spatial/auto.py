@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from trellis_mv import Patch, ViewError, parse_camera
-from trellis_mv.pipeline import StageSpec, run_multi_image
+from trellis_mv import Patch, ViewError, parse_camera, run_multi_image
+from trellis_mv.run import StageSpec
 
 __all__ = ["DEFAULT_CANDIDATES", "AutoResult", "auto_generate", "render_agreement"]
 
@@ -152,7 +152,7 @@ def auto_generate(
         run = run_multi_image(pipeline, images, mode="multidiffusion" if stages is not None else candidate,
                               stages=stages, cameras=cams, **run_kwargs)
         result, patches = run.output, run.patches
-        calls += sum({id(p): p.model_calls for p in patches.values()}.values())
+        calls += run.cost()["model_forwards"]
         errors = np.asarray(torch.as_tensor(scorer(result, images, cams)).float().cpu(), dtype=float).reshape(-1)
         per_view[label] = errors.tolist()
         scores[label] = float(np.median(errors))

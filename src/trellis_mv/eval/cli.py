@@ -22,17 +22,18 @@ _EPILOG = """examples:
 
 
 def _stage_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    from trellis_mv.cli import SAMPLER_PARAMS
-    from trellis_mv.pipeline import adapter_class, parse_stage_values
-    from trellis_mv.proxy import STAGES
+    from trellis_mv._params import SAMPLER_PARAMS
+    from trellis_mv.run import adapter_class, parse_sampler_params
 
     cls = adapter_class(args.model)  # the stage names, without loading the model
-    names, aliases = tuple(getattr(cls, "sampler_attributes", STAGES)), cls.stage_aliases
-    params: dict[str, dict[str, Any]] = {}
-    for key in SAMPLER_PARAMS:
-        for stage, value in parse_stage_values(getattr(args, key), names, aliases).items():
-            params.setdefault(stage, {})[key] = value
-    return params
+    names = getattr(cls, "stage_names", None)
+    values = {key: getattr(args, key, None) for key in SAMPLER_PARAMS}
+    if not names:
+        if any(values.values()):
+            raise ValueError(f"the {getattr(cls, 'name', cls.__name__)} adapter does not declare its stage_names, so "
+                             "sampler parameters cannot be checked before loading it; give them through the Python API")
+        return {}
+    return parse_sampler_params(values, names, getattr(cls, "stage_aliases", None))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -70,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    from trellis_mv.cli import SAMPLER_PARAMS
+    from trellis_mv._params import SAMPLER_PARAMS
 
     p.add_argument("--model", default="proxy", help="'proxy' (embedded), or a TRELLIS.2 hub id / local folder")
     p.add_argument("--dataset", default="proxy", help="'proxy' (procedural objects) or 'folder:PATH' (default: proxy)")

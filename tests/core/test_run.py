@@ -28,7 +28,7 @@ from trellis_mv import (
     generate,
     run_multi_image,
 )
-from trellis_mv.pipeline import parse_stage, plan_stages
+from trellis_mv.run import parse_stage, plan_stages
 from trellis_mv.samplers import FlowEulerGuidanceIntervalSampler
 from trellis_mv.sparse import SparseTensor
 from trellis_mv.testing import TinyDenoiser
@@ -169,6 +169,17 @@ def test_stages_sharing_a_sampler_share_one_patch():
         run_multi_image(TwoStage(shared=True), _views(1), stages={"texture": "single"})
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_cost_counts_every_forward_once(shared):
+    pipe = TwoStage(shared=shared)
+    forwards = []
+    model = pipe.model
+    pipe.model = lambda *a, **kw: forwards.append(1) or model(*a, **kw)
+    cost = run_multi_image(pipe, _views(3), mode="multidiffusion").cost()
+    assert cost["model_forwards"] == len(forwards) == sum(s["model_forwards"] for s in cost["stages"].values())
+    assert list(cost["stages"]) == (["sparse_structure+texture"] if shared else ["sparse_structure", "texture"])
+
+
 def test_stage_aliases_and_aggregator_strings():
     plan = plan_stages(["sparse_structure", "texture"], "multidiffusion", {"SS": "stochastic:order=random,seed=2"},
                        aliases={"ss": "sparse_structure"})
@@ -186,8 +197,8 @@ def test_parse_stage_errors():
 @given(st.lists(st.floats(0.0, 10.0, allow_nan=False), min_size=1, max_size=5))
 def test_option_lists_round_trip_through_the_command_line_spelling(values):
     """A list option written ``[a, b]`` or ``a;b`` reaches the aggregator as the same list."""
-    bracket = trellis_mv.pipeline.parse_aggregator(f"weighted:weights=[{', '.join(map(repr, values))}]")[1]["weights"]
-    semicolons = trellis_mv.pipeline.parse_aggregator(f"weighted:weights={';'.join(map(repr, values))},x=1")[1]
+    bracket = trellis_mv.run.parse_aggregator(f"weighted:weights=[{', '.join(map(repr, values))}]")[1]["weights"]
+    semicolons = trellis_mv.run.parse_aggregator(f"weighted:weights={';'.join(map(repr, values))},x=1")[1]
     assert list(bracket) == values
     assert list(semicolons["weights"]) == values if len(values) > 1 else semicolons["weights"] == values[0]
 
@@ -345,7 +356,7 @@ def test_a_signal_mid_run_leaves_nothing_behind(tmp_path, sig):
     script.write_text(
         "import sys, time\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from test_pipeline import TwoStage, _views\n"
+        "from test_run import TwoStage, _views\n"
         "from trellis_mv.cli import _sigterm_as_interrupt\n"
         "import trellis_mv\n"
         "class Slow(TwoStage):\n"
