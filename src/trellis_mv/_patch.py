@@ -193,11 +193,11 @@ def patch_sampler(
     user_cameras: Any = cameras
     if per_sample:
         if weights is not None:  # the form now; the numbers of samples and views when cond arrives
-            rows = weights.tolist() if isinstance(weights, torch.Tensor) else weights
-            first = rows[0] if isinstance(rows, Sequence) and rows and isinstance(rows[0], Sequence) else ()
-            user_weights = normalise_sample_weights(rows, len(rows) if isinstance(rows, Sequence) else 0, len(first))
+            given: Any = weights.tolist() if isinstance(weights, torch.Tensor) else weights
+            first = given[0] if isinstance(given, Sequence) and given and isinstance(given[0], Sequence) else ()
+            user_weights = normalise_sample_weights(given, len(given) if isinstance(given, Sequence) else 0, len(first))
     else:
-        user_weights = normalise_weights(weights)
+        user_weights = normalise_weights(weights)  # type: ignore[arg-type]
         user_cameras = normalise_cameras(cameras)
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
         raise PatchError(f"max_batch must be a positive integer or None; got max_batch={max_batch!r}")
@@ -212,8 +212,8 @@ def patch_sampler(
         object.__setattr__(sampler, _MARK, patch)
     saved = {name: vars(sampler)[name] for name in _PATCHED if name in vars(sampler)}
     orig_inference = sampler._inference_model
-    orig_sample_once = getattr(sampler, "sample_once", None)
-    orig_sample = getattr(sampler, "sample", None)
+    orig_sample_once: Any = getattr(sampler, "sample_once", None)
+    orig_sample: Any = getattr(sampler, "sample", None)
     try:
         sample_sig = inspect.signature(orig_sample) if callable(orig_sample) else None
     except (TypeError, ValueError):
@@ -254,7 +254,7 @@ def patch_sampler(
         if values is not None:
             steps = values.get("steps")
             run.num_steps = steps if isinstance(steps, int) else None
-            noise = values.get("noise")
+            noise: Any = values.get("noise")
             if "cond" in values:  # validate before any model work
                 views_for(run, values["cond"], values.get("neg_cond"), T.batch_size(noise) if hasattr(noise, "shape") else None)
             if max_batch is not None and hasattr(noise, "shape") and int(noise.shape[0]) > max_batch:

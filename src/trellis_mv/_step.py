@@ -294,6 +294,7 @@ class Step:
         rows = [self.views.column(i, b) for i in idx]
         with_neg = self._neg is None and self.neg_cond is not None and self.needs_negative
         if with_neg:
+            assert self.neg_cond is not None
             rows.append(self.neg_cond)
         outs = self._forward(rows)
         if with_neg:

@@ -363,7 +363,9 @@ def prepare_views(
                 f"neg_cond has batch {neg_cond.shape[0]}, which matches neither 1 nor the {n} views of cond"
             )
     _check_finite(stacked, [(i,) for i in range(n)])
-    normed = normalise_weights(weights, n) if weights is not None else tuple(1.0 / n for _ in range(n))
+    normed = normalise_weights(weights, n) if weights is not None else None
+    if normed is None:
+        normed = tuple(1.0 / n for _ in range(n))
     return Views(cond=stacked, neg=neg, weights=normed, cameras=normalise_cameras(cameras, n) or ())
 
 

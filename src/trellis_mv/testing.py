@@ -341,7 +341,7 @@ def _close(a: Any, b: Any, what: str, exact: bool = False) -> None:
 
 
 # no shrinking: a failure is reported at once, with the problem that broke the invariant
-_SETTINGS = dict(
+_SETTINGS: dict[str, Any] = dict(
     deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None,
     phases=(Phase.explicit, Phase.generate),
 )
@@ -520,7 +520,7 @@ class AggregatorTests:
     ``doctest_modules`` (more modules whose doctests run).
     """
 
-    aggregator: ClassVar[type]
+    aggregator: ClassVar[Any]  # the aggregator class
     distribution: ClassVar[str]
     options: ClassVar[list[dict[str, Any]]] = [{}]
     max_examples: ClassVar[int] = 12

@@ -47,7 +47,7 @@ class Stochastic:
         if self.order == "cycle":
             return index % num_views
         # one order per view count: samples with the same count follow the order a run of one would
-        order, gen = state.setdefault(("order", num_views), ([], torch.Generator().manual_seed(self.seed)))
+        order, gen = state.setdefault(f"order of {num_views}", ([], torch.Generator().manual_seed(self.seed)))
         while len(order) <= index:
             order.extend(torch.randperm(num_views, generator=gen).tolist())
         return order[index]

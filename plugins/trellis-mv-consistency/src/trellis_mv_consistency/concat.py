@@ -145,7 +145,7 @@ class Concat:
             raise _fail("option bias", f"gives {len(bias)} biases but this sampler call has {n} views; "
                                        "give one bias per view")
         counts = step.sample_num_views
-        key = ("concat", counts)
+        key = f"concat {counts}"
         if key not in step.state:  # once per run: each sample's views, its whole sequence repeated to M views
             m = math.lcm(*counts)
             order = [[v for _ in range(m // k) for v in range(k)] for k in counts]

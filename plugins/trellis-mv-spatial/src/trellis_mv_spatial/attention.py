@@ -89,7 +89,7 @@ def _context(args: tuple, kwargs: dict) -> torch.Tensor:
     return ctx
 
 
-def _probe_proxy(m: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+def _probe_proxy(m: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     x, ctx = args[0], _context(args, kwargs)
     b, n, w = x.shape
     h = m.heads
@@ -98,7 +98,7 @@ def _probe_proxy(m: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
     return query_entropy(q, k)
 
 
-def _probe_trellis(m: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+def _probe_trellis(m: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     x, ctx = args[0], _context(args, kwargs)
     h = m.num_heads
     kv = m.to_kv(ctx)

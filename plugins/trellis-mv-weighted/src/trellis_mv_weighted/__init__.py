@@ -161,13 +161,13 @@ class Weighted:
         n = step.num_views
         at = {k: self.weights_at(step.t, k) for k in set(step.sample_num_views)}  # each sample: its own view count
         schedule = torch.tensor([at[k] + [0.0] * (n - k) for k in step.sample_num_views], dtype=torch.float64)
-        raw = schedule * step.sample_weights
-        total = raw.sum(1, keepdim=True)
-        empty = (total[:, 0] <= 0).nonzero().flatten().tolist()  # host tensors: no device sync
+        per_sample = schedule * step.sample_weights
+        totals = per_sample.sum(1, keepdim=True)
+        empty = (totals[:, 0] <= 0).nonzero().flatten().tolist()  # host tensors: no device sync
         if empty:
             raise self._nothing_left(step, step.sample_weights[empty[0]].tolist(), sample=empty[0])
-        keep = (raw > 0).any(0).nonzero().flatten().tolist()
-        return step.guide(step.fuse(step.predict(keep), (raw / total)[:, keep]))
+        kept = (per_sample > 0).any(0).nonzero().flatten().tolist()
+        return step.guide(step.fuse(step.predict(kept), (per_sample / totals)[:, kept]))
 
     def _nothing_left(self, step: Step, weights: list[float], sample: int | None = None) -> AggregatorOptionError:
         who = "" if sample is None else f" for sample {sample}"
