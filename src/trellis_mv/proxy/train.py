@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from trellis_mv.proxy._data import make_shapes
 from trellis_mv.proxy._models import ProxyConfig, ProxyModels, encode_structure, save_models
-from trellis_mv.proxy._render import NAMED_VIEWS, input_views
+from trellis_mv.proxy._pipeline import NAMED_VIEWS, input_views
 from trellis_mv.sparse import SparseTensor
 
 __all__ = ["PRESETS", "main", "random_views", "train"]
