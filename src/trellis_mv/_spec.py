@@ -105,7 +105,11 @@ class Adapter(Protocol):
       ``to_voxels(output) -> (occupancy bool [B, R, R, R], colors float [B, R, R, R, 3])`` (every sample, on
       its device): what
       the evaluation harness scores with; ``examples() -> list[(path, camera)]``:
-      views for ``trellis-mv demo``.
+      views for ``trellis-mv demo``; ``sample_many(view_sets, *, seeds, params)``: one sample
+      per view set (object ``b``'s views ``view_sets[b]``, its noise from ``seeds[b]`` alone, as
+      ``sample`` would draw it), every stage's sampler called once with the per-sample
+      conditioning ``[B, N, ...]`` (padded at the end where objects have fewer views):
+      what :func:`trellis_mv.run.run_many` and the evaluation harness batch objects with.
 
     The proxy adapter (:class:`trellis_mv.proxy.ProxyAdapter`) is a complete example.
     """
@@ -143,6 +147,7 @@ ADAPTER_DEFAULTS: Mapping[str, Any] = {
     "to_mesh": None,
     "to_voxels": None,
     "examples": None,
+    "sample_many": None,
 }
 
 
