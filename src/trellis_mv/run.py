@@ -133,24 +133,46 @@ def canonical_stage(name: str, stage_names: Sequence[str], aliases: Mapping[str,
 # -- the adapter's optional members -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AdapterTraits:
-    """An adapter's optional members (:data:`~trellis_mv._spec.ADAPTER_DEFAULTS`), read once, defaults filled in."""
+class _Member:
+    """One optional adapter member, read from the adapter when asked (a property may do work), default filled in."""
 
-    name: str
-    stage_names: tuple[str, ...]
-    dialect: str
-    stage_aliases: Mapping[str, str]
-    default_params: Mapping[str, Mapping[str, Any]]
-    named_cameras: Mapping[str, Any]
-    latent_frame: Any
-    device: Any
-    verbose: bool | None
-    render: Any
-    to_mesh: Any
-    to_voxels: Any
-    examples: Any
-    sample_many: Any
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = name
+
+    def __get__(self, traits: Any, owner: type | None = None) -> Any:
+        value = getattr(traits.adapter, self.key, ADAPTER_DEFAULTS[self.key])
+        if self.key in ("stage_aliases", "default_params", "named_cameras"):
+            return value or {}
+        return value
+
+
+class AdapterTraits:
+    """An adapter's optional members (:data:`~trellis_mv._spec.ADAPTER_DEFAULTS`), each read when used, defaults
+    filled in: ``name`` (the class name by default), ``stage_names`` (the running adapter's: ``tuple(samplers)``),
+    ``dialect`` (checked), and the others as the adapter gives them or their default."""
+
+    stage_aliases: Mapping[str, str] = _Member()  # type: ignore[assignment]
+    default_params: Mapping[str, Mapping[str, Any]] = _Member()  # type: ignore[assignment]
+    named_cameras: Mapping[str, Any] = _Member()  # type: ignore[assignment]
+    latent_frame: Any = _Member()
+    device: Any = _Member()
+    verbose: bool | None = _Member()  # type: ignore[assignment]
+    render: Any = _Member()
+    to_mesh: Any = _Member()
+    to_voxels: Any = _Member()
+    examples: Any = _Member()
+    sample_many: Any = _Member()
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+        self.name: str = getattr(adapter, "name", None) or type(adapter).__name__
+        self.dialect: str = getattr(adapter, "dialect", ADAPTER_DEFAULTS["dialect"])
+        if self.dialect not in DIALECTS:
+            raise ParameterError(f"adapter {adapter!r} has dialect {self.dialect!r}; expected one of {', '.join(DIALECTS)}")
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(self.adapter.samplers)
 
 
 def traits(adapter: Adapter) -> AdapterTraits:
@@ -160,14 +182,7 @@ def traits(adapter: Adapter) -> AdapterTraits:
     >>> t.name, t.stage_names, t.dialect, tuple(t.named_cameras["front"])
     ('proxy', ('sparse_structure', 'texture'), 'trellis2', (0.0, 25.0))
     """
-    values = {key: getattr(adapter, key, default) for key, default in ADAPTER_DEFAULTS.items()}
-    values["name"] = values["name"] or type(adapter).__name__
-    values["stage_names"] = tuple(adapter.samplers)
-    for key in ("stage_aliases", "default_params", "named_cameras"):
-        values[key] = values[key] or {}
-    if values["dialect"] not in DIALECTS:
-        raise ParameterError(f"adapter {adapter!r} has dialect {values['dialect']!r}; expected one of {', '.join(DIALECTS)}")
-    return AdapterTraits(**values)
+    return AdapterTraits(adapter)
 
 
 # -- planning -------------------------------------------------------------------------------------

@@ -262,13 +262,19 @@ def _chunks(todo: Sequence[Job], batch: int) -> list[list[Job]]:
     return [jobs[i : i + batch] for jobs in groups.values() for i in range(0, len(jobs), batch)]
 
 
-def _batch_size(adapter: Any, batch: int | None, max_batch: int | None, num_views: int) -> int:
-    """Objects per sampler run: ``batch``, else 256 on a GPU and 16 on a CPU (an adapter without
-    ``sample_many`` runs them one by one anyway), within ``max_batch`` latent rows a forward."""
+def _batch_size(device: str, batch: int | None, max_batch: int | None, num_views: int, out: Path) -> int:
+    """Objects per sampler run: ``batch``; else the folder's (a resume keeps its chunks); else 256 on a GPU and
+    16 on a CPU (an adapter without ``sample_many`` runs them one by one anyway), within ``max_batch`` rows a forward."""
     if batch is not None:
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"--batch {batch!r}: must be an integer >= 1")
         return batch
-    device = _device_of(adapter)
-    size = 256 if device is not None and device.type == "cuda" else 16
+    config = out / _CONFIG_FILE
+    if config.exists():
+        old = json.loads(config.read_text()).get("batch")
+        if isinstance(old, int) and old >= 1:
+            return old
+    size = 256 if device.startswith("cuda") else 16
     return max(1, min(size, max_batch // (num_views + 1))) if max_batch else size
 
 
@@ -387,8 +393,12 @@ def evaluate(
     if max_jobs is not None and max_jobs < 0:
         raise ValueError(f"--max-jobs {max_jobs}: must be >= 0")
     model_name = model if adapter is None else traits(adapter).name
+    run_device = str(traits(adapter).device) if adapter is not None else _pick_device(device, where)
+    size = _batch_size(run_device, batch, max_batch, max(counts), out)
+    # the chunks decide the float rounding of every result (a batch's forwards are one matrix product), so they
+    # are part of the configuration: a resume, any number of ranks, any order give the same chunks
     config = {"model": model_name, "dataset": ds.describe(), "views": counts, "aggregators": specs, "seeds": seeds,
-              "params": json.loads(json.dumps(params or {}, default=list)), "max_batch": max_batch}
+              "params": json.loads(json.dumps(params or {}, default=list)), "max_batch": max_batch, "batch": size}
     _check_config(out, config)
 
     ids = ds.object_ids()
@@ -403,17 +413,20 @@ def evaluate(
 
     store = ResultStore(out)
     group = _views_group(spread_views, where)
-    mine = jobs if group is not None else shard(jobs, where.rank, where.world_size)
-    todo = pending(mine, store.done())
-    if max_jobs is not None:
-        todo = todo[:max_jobs]
+    chunks = _chunks(jobs, size)
+    mine = chunks if group is not None else shard(chunks, where.rank, where.world_size)
+    done = store.done()
+    todo = [c for c in mine if any(j.key not in done for j in c)]
+    share = sum(len(c) for c in mine)
+    left_mine = sum(1 for c in todo for j in c if j.key not in done)
     if progress and where.world_size > 1:
-        print(f"rank {where.rank} of {where.world_size} (from {where.source}): {len(todo)} of its {len(mine)} jobs to run",
+        print(f"rank {where.rank} of {where.world_size} (from {where.source}): {left_mine} of its {share} jobs to run",
               flush=True)
     ran = 0
-    if todo:
-        adapter = adapter if adapter is not None else _load_adapter(model, _pick_device(device, where))
-        ran = _work(adapter, ds, todo, store, where, len(mine), len(jobs), params, max_batch, progress, group, batch)
+    if todo and max_jobs != 0:
+        adapter = adapter if adapter is not None else _load_adapter(model, run_device)
+        ran = _work(adapter, ds, todo, set(done), store, where, share, len(jobs), params, max_batch, progress, group,
+                    max_jobs)
     left = len(pending(jobs, store.done()))
     result: dict[str, Any] = {"jobs": len(jobs), "ran": ran, "pending": left, "report": None}
     if where.rank != 0 or not report or max_jobs is not None:
@@ -460,28 +473,36 @@ def _views_group(spread_views: bool, where: Placement) -> Any:
     return dist.group.WORLD
 
 
-def _work(adapter: Any, ds: Dataset, todo: list[Job], store: ResultStore, where: Placement, share: int, total: int,
-          params: Mapping[str, Any] | None, max_batch: int | None, progress: bool, group: Any = None,
-          batch: int | None = None) -> int:
+def _work(adapter: Any, ds: Dataset, chunks: list[list[Job]], done: set[str], store: ResultStore, where: Placement,
+          share: int, total: int, params: Mapping[str, Any] | None, max_batch: int | None, progress: bool,
+          group: Any = None, max_jobs: int | None = None) -> int:
+    """Run whole chunks (a chunk's jobs already done are computed along, for the same rounding, but not written);
+    stop after ``max_jobs`` new results. Returns how many were written."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=share, initial=share - len(todo), desc=f"rank {where.rank}", position=where.rank,
+    left = sum(1 for c in chunks for j in c if j.key not in done)
+    bar = tqdm(total=share, initial=share - left, desc=f"rank {where.rank}", position=where.rank,
                disable=not progress, dynamic_ncols=True, leave=where.rank == 0)
+    written = 0
     start, done_at_start, last_peek = time.perf_counter(), store.count(), 0.0
     dev = _device_of(adapter)
     objects = _Objects(ds, dev)
     device_name = (torch.cuda.get_device_name(dev) if dev is not None and dev.type == "cuda"
                    else f"cpu, {torch.get_num_threads()} threads")
-    chunks = _chunks(todo, _batch_size(adapter, batch, max_batch, max(len(j.views) for j in todo)))
     try:
         for k, chunk in enumerate(chunks):
+            if max_jobs is not None and written >= max_jobs:
+                break
             objects.keep({j.object_id for c in chunks[k:] for j in c})
             for record in _run_chunk(adapter, objects, chunk, params, max_batch, group):
+                if record["key"] in done or (max_jobs is not None and written >= max_jobs):
+                    continue
                 record["finished_at"] = round(time.time(), 3)  # for throughput; not part of any table
                 record["device"] = device_name
                 if group is None or where.rank == 0:  # views spread over the ranks: every rank holds the same result
                     store.append(where.rank, record)
-            bar.update(len(chunk))
+                written += 1
+                bar.update(1)
             now = time.perf_counter()
             if where.rank == 0 and where.world_size > 1 and progress and (now - last_peek > 5 or k == len(chunks) - 1):
                 last_peek = now
@@ -491,7 +512,7 @@ def _work(adapter: Any, ds: Dataset, todo: list[Job], store: ResultStore, where:
                 bar.set_postfix_str(f"all ranks {done}/{total}, ETA {_hms(eta)}")
     finally:
         bar.close()
-    return len(todo)
+    return written
 
 
 def _hms(seconds: float) -> str:
