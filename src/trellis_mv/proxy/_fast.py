@@ -129,7 +129,7 @@ def fast_losses(
     """
     dev = occ.device
     b = occ.shape[0]
-    tokens = (encoder or models.encoder)(images)
+    tokens = (encoder if encoder is not None else models.encoder)(images)
     keep = (torch.rand(b, generator=gen, device=dev) >= cond_drop).to(tokens.dtype)
     tokens = tokens * keep[:, None, None]
 
@@ -139,7 +139,7 @@ def fast_losses(
     x0 = encode_structure(occ)
     t = times(b)
     x_t, target = _noisy(x0, t[:, None, None, None, None], torch.randn(x0.shape, generator=gen, device=dev))
-    loss_s = F.mse_loss((structure or models.structure)(x_t, 1000 * t, tokens).float(), target)
+    loss_s = F.mse_loss((structure if structure is not None else models.structure)(x_t, 1000 * t, tokens).float(), target)
 
     cell, voxels, slots = pack_cells(occ, cells)
     f0 = gather_cells(col, cell) * 2 - 1  # [B, N, 8, 3]

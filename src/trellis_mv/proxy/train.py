@@ -9,16 +9,28 @@ stages. Nothing here knows about multiple views: multi-view conditioning is tuni
 done at sampling time by the sampler patch. The views are mostly those users take
 (:func:`random_views`).
 
-A run can be split over several commands: ``--ckpt`` names a checkpoint (weights, EMA,
-optimizer, schedule, step, random states and the loss log) written every
-``--ckpt-every`` steps and when ``--time-limit`` ends the command; the next command with
-the same ``--ckpt`` continues where it stopped, towards the same ``--steps`` (the cosine
-schedule runs over ``--steps``). ``--data-cache`` keeps the generated shapes on disk.
+Two steps train the same model. The default, fast step (:class:`FastStep`) renders
+``--bank-views`` views of every training shape once, on the device, into a view bank
+(cached in ``--bank-cache``), and trains on batches drawn from it with static shapes and no
+host syncs (the texture stage on a packed layout, :mod:`trellis_mv.proxy._fast`), fused
+AdamW on CUDA, a foreach EMA, optionally ``--compile``; the losses are read back every
+``--log-every`` steps. ``--legacy`` is the step that trained the shipped weights: views
+rendered every step.
 
-``--preset cpu`` is a reduced run for a laptop; ``--preset gpu`` is the run that produced
-the shipped weights (see ``weights/TRAINING.md``).
+A run can be split over several commands, on different machines: ``--state`` names a
+folder (:mod:`trellis_mv.proxy._state`: float32 weights, the EMA and the AdamW moments in
+16-bit halves, step, schedule, random states and loss log, in safetensors shards of at most
+15 MiB, 58 MB in all) written every ``--state-every`` steps and when ``--time-limit`` or
+``--wall-limit`` ends the command; the next command with the same ``--state`` continues where
+it stopped, towards the same ``--steps`` (the cosine schedule runs over ``--steps``).
+``--legacy`` runs use ``--ckpt`` instead (one 92 MB file). ``--data-cache`` keeps the
+generated shapes on disk.
 
->>> summary = train(steps=2, batch=4, shapes=8, seed=0, log_every=1, device="cpu", verbose=False)
+``--preset cpu`` is a reduced run for a laptop; ``--preset gpu`` is the legacy run that
+produced the shipped weights (with ``--legacy``); ``--preset h200`` is the fast run (see
+``weights/TRAINING.md``).
+
+>>> summary = train(steps=2, batch=4, shapes=8, seed=0, log_every=1, device="cpu", verbose=False, bank_views=1)
 >>> sorted(summary["final_losses"]), summary["steps"]
 (['structure', 'texture'], 2)
 """
@@ -435,6 +447,8 @@ def _train_fast(
     compile: bool, exact_state: bool, wall_limit: float | None, warmup: int | None, stop_at: int | None,
 ) -> dict:
     t0 = time.time()
+    occ_all, col_all = dataset(shapes, workers, data_cache)  # worker processes: before CUDA starts
+    t_data = time.time() - t0
     torch.manual_seed(seed)
     dev = torch.device(device)
     meta, saved = load_state(state, dev) if state is not None and state_exists(state) else (None, None)
@@ -448,8 +462,6 @@ def _train_fast(
     else:
         models = ProxyModels(config).to(dev)
     ema_models = copy.deepcopy(models).eval().requires_grad_(False)
-    occ_all, col_all = dataset(shapes, workers, data_cache)
-    t_data = time.time() - t0
     chunk = render_chunk or (1024 if dev.type == "cuda" else 64)
     bank = build_bank(occ_all, col_all, bank_views, seed, dev, chunk=chunk, cache=bank_cache, verbose=verbose)
     t_bank = time.time() - t0 - t_data
