@@ -129,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
             except torch.OutOfMemoryError:
                 emit({"step": "fast" + ("+compile" if compile else ""), "batch": b, "error": "out of memory"})
                 continue
+            except Exception as exc:  # a compiler failure is a result too; the eager rows stand
+                if not compile:
+                    raise
+                emit({"step": "fast+compile", "batch": b, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+                break
             emit({**row, "peak_gib": _peak(dev)})
     base = legacy["examples_per_s"]
     emit({"ratio_to_legacy": {f"{r['step']}@{r['batch']}": round(r["examples_per_s"] / base, 2)

@@ -164,7 +164,8 @@ class ViewBank:
 
     ``occ bool [S, R, R, R]``, ``col uint8 [S, R, R, R, 3]``, ``images uint8 [S, K, 3, H, W]``
     (``round(255 * image)``), ``views float32 [S, K, 2]`` (azimuth, elevation) and ``cells``,
-    the most occupied cells of any shape.
+    the slots per item of the packed texture layout (the most occupied cells of any shape,
+    rounded up to a multiple of 8).
     """
 
     occ: torch.Tensor
@@ -190,6 +191,11 @@ class ViewBank:
         k = torch.randint(0, self.per_shape, (n,), generator=gen, device=dev)
         images = self.images[idx, k].float() / 255
         return self.occ[idx], self.col[idx].float() / 255, images
+
+
+def _slots(occ: torch.Tensor) -> int:
+    """Slots per item: :func:`max_cells` rounded up to a multiple of 8 (aligned attention masks)."""
+    return -(-max_cells(occ) // 8) * 8
 
 
 def _key(shapes: int, per_shape: int, seed: int, size: int) -> str:
@@ -221,7 +227,7 @@ def build_bank(
             images, views = torch.from_numpy(f["images"]).to(dev), torch.from_numpy(f["views"])
         if verbose:
             print(json.dumps({"bank": str(path), "read": True, "images": list(images.shape)}), flush=True)
-        return ViewBank(occ_d, col_u8, images, views, max_cells(occ_d))
+        return ViewBank(occ_d, col_u8, images, views, _slots(occ_d))
     rng = np.random.default_rng([seed, 7])
     views = torch.tensor(random_views(s * per_shape, rng), dtype=torch.float32).reshape(s, per_shape, 2)
     images = torch.empty((s, per_shape, 3, size, size), dtype=torch.uint8, device=dev)
@@ -246,7 +252,7 @@ def build_bank(
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, images=images.cpu().numpy(), views=views.numpy())
         tmp.replace(path)
-    return ViewBank(occ_d, col_u8, images, views, max_cells(occ_d))
+    return ViewBank(occ_d, col_u8, images, views, _slots(occ_d))
 
 
 def bank_bytes(shapes: int, per_shape: int, size: int = 64) -> int:
