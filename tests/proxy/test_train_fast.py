@@ -163,3 +163,17 @@ def test_state_writes_replace_the_folder_atomically(tmp_path):
 def test_the_fast_step_refuses_the_legacy_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="legacy"):
         train(steps=1, batch=2, shapes=2, config=TINY, verbose=False, ckpt=tmp_path / "x.pt")
+
+
+def test_the_command_line_writes_the_weights_the_state_and_the_log(tmp_path):
+    from trellis_mv.proxy._models import load_models
+    from trellis_mv.proxy.train import main
+
+    args = ["--steps", "2", "--batch", "2", "--shapes", "2", "--bank-views", "1", "--workers", "1", "--log-every", "1",
+            "--device", "cpu", "--state", str(tmp_path / "state"), "--out", str(tmp_path / "w.safetensors"),
+            "--log", str(tmp_path / "log.json")]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "log.json").read_text())
+    assert summary["steps"] == 2 and [r["step"] for r in summary["log"]] == [1, 2]
+    assert load_models(tmp_path / "w.safetensors").cfg == ProxyConfig()
+    assert load_state(tmp_path / "state")[0]["step"] == 2

@@ -44,6 +44,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -446,6 +447,7 @@ def _train_fast(
     data_cache: str | Path | None, bank_views: int, bank_cache: str | Path | None, render_chunk: int | None,
     compile: bool, exact_state: bool, wall_limit: float | None, warmup: int | None, stop_at: int | None,
 ) -> dict:
+    """The fast run (see :func:`train`)."""
     t0 = time.time()
     occ_all, col_all = dataset(shapes, workers, data_cache)  # worker processes: before CUDA starts
     t_data = time.time() - t0
@@ -471,6 +473,10 @@ def _train_fast(
     log: list[dict] = []
     first, trained_seconds, commands = 1, 0.0, []
     if meta is not None and saved is not None:
+        changed = {k: (meta["args"][k], v) for k, v in {"shapes": shapes, "seed": seed, "bank_views": bank_views}.items()
+                   if meta["args"].get(k) != v}
+        if changed:
+            warnings.warn(f"continuing {state} on other data than it started with (was, now): {changed}", stacklevel=3)
         fast.load_tensors(saved, meta["step"])
         gen.set_state(decode_rng(meta["rng"]["gen"]))
         torch.set_rng_state(decode_rng(meta["rng"]["torch_cpu"]))
