@@ -26,8 +26,8 @@ it stopped, towards the same ``--steps`` (the cosine schedule runs over ``--step
 ``--legacy`` runs use ``--ckpt`` instead (one 92 MB file). ``--data-cache`` keeps the
 generated shapes on disk.
 
-``--preset cpu`` is a reduced run for a laptop; ``--preset gpu`` is the legacy run that
-produced the shipped weights (with ``--legacy``); ``--preset h200`` is the fast run (see
+``--preset cpu`` is a reduced run for a laptop; ``--preset gpu`` is the run that produced
+the shipped weights (it implies ``--legacy``); ``--preset h200`` is the fast run (see
 ``weights/TRAINING.md``).
 
 >>> summary = train(steps=2, batch=4, shapes=8, seed=0, log_every=1, device="cpu", verbose=False, bank_views=1)
@@ -73,6 +73,8 @@ PRESETS: dict[str, dict[str, float | int]] = {
     "cpu": {"steps": 300, "batch": 16, "shapes": 400, "lr": 5e-4, "time_limit": 900},
     "h200": {"steps": 12000, "batch": 1024, "shapes": 40000, "lr": 1e-3, "time_limit": 450},
 }
+#: Presets that run the legacy step (the shipped weights' run, reproducible as it was).
+LEGACY_PRESETS = frozenset({"gpu"})
 
 
 def random_views(n: int, rng: np.random.Generator) -> list[tuple[float, float]]:
@@ -691,7 +693,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for k in ("steps", "batch", "shapes", "lr", "time_limit"):
         if getattr(a, k) is not None:
             kw[k] = getattr(a, k)
-    extra = {} if a.legacy else {
+    legacy = a.legacy or a.preset in LEGACY_PRESETS
+    extra = {} if legacy else {
         "state": a.state, "state_every": a.state_every, "exact_state": a.exact_state, "bank_views": a.bank_views,
         "bank_cache": a.bank_cache, "render_chunk": a.render_chunk, "compile": a.compile, "wall_limit": a.wall_limit,
         "warmup": a.warmup, "stop_at": a.stop_at,
@@ -700,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps=int(kw["steps"]), batch=int(kw["batch"]), shapes=int(kw["shapes"]), lr=float(kw["lr"]),
         time_limit=float(kw["time_limit"]), seed=a.seed, cond_drop=a.cond_drop, device=a.device,
         workers=a.workers, out=a.out, init=a.init, ckpt=a.ckpt, ckpt_every=a.ckpt_every, data_cache=a.data_cache,
-        log_every=a.log_every, legacy=a.legacy, **extra,
+        log_every=a.log_every, legacy=legacy, **extra,
     )
     summary.pop("models")
     summary["command"] = "python -m trellis_mv.proxy.train " + " ".join(sys.argv[1:] if argv is None else argv)
