@@ -1,6 +1,6 @@
 """Proxy training throughput: the legacy step against the fast step, in one run, on one device.
 
-    python benchmarks/train_step.py [--device cuda] [--shapes 4096] [--batch 512 1024 2048] [--compile]
+    python benchmarks/train_step.py [--device cuda] [--shapes 4096] [--batch 256 1024 2048] [--compile]
 
 The legacy step (``trellis_mv.proxy.train.legacy_step``, what trained the shipped weights)
 renders its batch's views every step, runs the sparse texture stage, plain AdamW, one EMA
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", type=int, default=4096)
     p.add_argument("--bank-views", type=int, default=2)
     p.add_argument("--legacy-batch", type=int, default=256, help="the shipped run's batch")
-    p.add_argument("--batch", type=int, nargs="+", default=[512, 1024, 2048])
+    p.add_argument("--batch", type=int, nargs="+", default=[256, 1024, 2048])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="also time the fast step with torch.compile")
@@ -102,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     models = ProxyModels(TINY if a.config == "tiny" else ProxyConfig()).to(dev)
     rows: list[dict] = []
 
-    def emit(row: dict) -> None:
+    def emit(row: dict) -> None:  # the file is rewritten after every row: a run cut short keeps what it measured
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump(rows, f, indent=1)
 
     t0 = time.perf_counter()
     occ, col = dataset(a.shapes, a.workers)
@@ -138,9 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     base = legacy["examples_per_s"]
     emit({"ratio_to_legacy": {f"{r['step']}@{r['batch']}": round(r["examples_per_s"] / base, 2)
                               for r in rows if r.get("step", "").startswith("fast") and "examples_per_s" in r}})
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(rows, f, indent=1)
     return 0
 
 
