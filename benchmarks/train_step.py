@@ -32,6 +32,11 @@ from trellis_mv.proxy.train import FastStep, dataset, legacy_step
 TINY = ProxyConfig(width=16, heads=2, encoder_layers=1, structure_blocks=1, texture_blocks=1, patch=8)
 
 
+def _sig(x: float) -> float:
+    """``x`` to 4 significant digits (small CPU rates keep their ratio)."""
+    return float(f"{x:.4g}")
+
+
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -57,7 +62,7 @@ def bench_legacy(models: ProxyModels, occ: torch.Tensor, col: torch.Tensor, batc
         last = legacy_step(models, ema_models, opt, sched, occ, col, rng, gen, s, batch, 0.1, 0.999)
     _sync(dev)
     sec = time.perf_counter() - t0
-    return {"step": "legacy", "batch": batch, "examples_per_s": round(steps * batch / sec, 1),
+    return {"step": "legacy", "batch": batch, "examples_per_s": _sig(steps * batch / sec),
             "ms_per_step": round(1000 * sec / steps, 2), "losses": last}
 
 
@@ -78,7 +83,7 @@ def bench_fast(models: ProxyModels, bank, batch: int, steps: int, warmup: int, c
     sec = time.perf_counter() - t0
     losses = fast.read_losses()
     return {"step": "fast" + ("+compile" if compile else ""), "batch": batch,
-            "examples_per_s": round(steps * batch / sec, 1), "ms_per_step": round(1000 * sec / steps, 2),
+            "examples_per_s": _sig(steps * batch / sec), "ms_per_step": round(1000 * sec / steps, 2),
             "warmup_seconds": round(warm, 1), "losses": losses, "finite": all(map(math.isfinite, losses.values()))}
 
 
