@@ -2,10 +2,10 @@
 
 For each held-out shape (seeds ``HELD_OUT_SEED + i``) the shape is generated from the
 front view alone and from the four standard views through multidiffusion, with the same
-noise seed ``i``, and both results are scored by :func:`trellis_mv.proxy.score` on the same
+noise seed ``i``, and both results are scored by :func:`trellis_mv.eval.score_voxels` on the same
 surface. Every comparison is a per-shape paired difference (4 views minus 1): its mean,
 a 95% bootstrap interval over shapes and a Wilcoxon signed-rank p-value. IoU is shown
-beside its reference points (:func:`trellis_mv.proxy.reference_iou`): a random other
+beside its reference points (:func:`trellis_mv.eval.reference_iou`): a random other
 shape, and a perfect model given 1 or 4 views.
 
     python benchmarks/proxy_fidelity.py --shapes 200 --device cuda --workers 12 --out benchmarks/results/proxy_fidelity_H100.md
@@ -56,7 +56,9 @@ def _work(i: int) -> dict:
     import torch
 
     from trellis_mv import run_multi_image
-    from trellis_mv.proxy import HELD_OUT_SEED, VIEW_SETS, input_views, make_shape, reference_iou, score, visible_faces
+    from trellis_mv.eval import reference_iou
+    from trellis_mv.eval import score_voxels as score
+    from trellis_mv.proxy import HELD_OUT_SEED, VIEW_SETS, input_views, make_shape, visible_faces
 
     shape = make_shape(HELD_OUT_SEED + i)
     row: dict = {"shape": i, "seed": i}

@@ -29,7 +29,8 @@ import trellis2_step_cost as base
 from trellis_mv_spatial import Attention, Robust, Visibility, find_cross_attention
 
 import trellis_mv
-from trellis_mv.integrations import _bootstrap
+
+_bootstrap = base._bootstrap  # support/upstream.py, put on the path by trellis2_step_cost
 
 CAMERAS = ["front", "right", "back", "left", "top", "45,25", "135,25", "225,25"]
 # classes, so that this runs from a source tree where the plugin's entry points are not installed

@@ -2,7 +2,7 @@
 
 Held-out shapes (seeds >= ``HELD_OUT_SEED``), four views (front, right, back, left as the
 proxy names them, with their cameras), one sample per shape from the same noise for every
-method, every proxy score (:func:`trellis_mv.proxy.score`):
+method, every proxy score (:func:`trellis_mv.eval.score_voxels`):
 
 1. ``multidiffusion`` against ``visibility`` (on both stages, and on the texture stage alone,
    where the voxels are fixed and occlusion exact), ``attention`` and ``robust`` at N = 4;
@@ -33,7 +33,8 @@ from trellis_mv_spatial import auto_generate
 
 import trellis_mv
 from trellis_mv.eval import lower_is_better, paired
-from trellis_mv.proxy import HELD_OUT_SEED, ProxyPipeline, input_views, make_shape, score
+from trellis_mv.eval import score_voxels as score
+from trellis_mv.proxy import HELD_OUT_SEED, ProxyPipeline, input_views, make_shape
 
 VIEWS = ["front", "right", "back", "left"]
 BAD = 2  # the view replaced by a wrong object's

@@ -27,7 +27,7 @@ import torch
 
 from trellis_mv.proxy._fast import build_bank
 from trellis_mv.proxy._models import ProxyConfig, ProxyModels
-from trellis_mv.proxy.train import FastStep, dataset, legacy_step
+from trellis_mv.proxy.train import FastStep, dataset, legacy_step, random_views
 
 TINY = ProxyConfig(width=16, heads=2, encoder_layers=1, structure_blocks=1, texture_blocks=1, patch=8)
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     emit({"data": a.shapes, "seconds": round(time.perf_counter() - t0, 1)})
     t0 = time.perf_counter()
     chunk = a.render_chunk or (1024 if dev.type == "cuda" else 64)
-    bank = build_bank(occ, col, a.bank_views, 0, dev, chunk=chunk)
+    bank = build_bank(occ, col, a.bank_views, 0, dev, random_views, chunk=chunk)
     _sync(dev)
     sec = time.perf_counter() - t0
     emit({"bank": a.shapes * a.bank_views, "seconds": round(sec, 1), "views_per_s": round(a.shapes * a.bank_views / sec, 1),

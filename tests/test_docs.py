@@ -26,6 +26,7 @@ PUBLIC_MODULES = [
     "trellis_mv.testing",
     "trellis_mv.proxy",
     "trellis_mv.diagnostics",
+    "trellis_mv.voxels",
     "trellis_mv.integrations.trellis2",
     "trellis_mv.integrations.trellis",
     "trellis_mv_weighted",

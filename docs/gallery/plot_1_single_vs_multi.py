@@ -16,7 +16,8 @@ every result is scored against its ground truth.
 import matplotlib.pyplot as plt
 
 from trellis_mv import run_multi_image
-from trellis_mv.proxy import HELD_OUT_SEED, ProxyPipeline, chamfer, input_views, iou, make_shape, render
+from trellis_mv.eval import chamfer, iou
+from trellis_mv.proxy import HELD_OUT_SEED, ProxyPipeline, input_views, make_shape, render
 
 VIEWS = ["front", "right", "back", "left"]
 UNSEEN = "az45el30"  # the results are shown from a direction no input was taken from

@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt
 
 import trellis_mv
 from trellis_mv import run_multi_image
-from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, input_views, iou, make_shape, render
+from trellis_mv.eval import iou
+from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, input_views, make_shape, render
 
 VIEWS, SHAPES, SAMPLES = ["front", "right", "back", "left"], 3, 2
 PARAMS = {stage: {"steps": 8} for stage in STAGES}

@@ -59,7 +59,8 @@ print("MedianX0 passes the conformance check")
 import matplotlib.pyplot as plt
 
 from trellis_mv import run_multi_image
-from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, input_views, iou, make_shape, render
+from trellis_mv.eval import iou
+from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, input_views, make_shape, render
 
 pipeline = ProxyPipeline()
 params = {stage: {"steps": 8} for stage in STAGES}  # fewer steps than the default 12: a fast build

@@ -15,7 +15,8 @@ every stage's sampler at once and restores them all however the run ends.
 import matplotlib.pyplot as plt
 
 from trellis_mv import run_multi_image
-from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, color_error, input_views, iou, make_shape, render
+from trellis_mv.eval import color_error, iou
+from trellis_mv.proxy import HELD_OUT_SEED, STAGES, ProxyPipeline, input_views, make_shape, render
 
 VIEWS = ["front", "right", "back", "left"]
 UNSEEN = ["az135el20", "az225el20"]  # two directions behind the object that no input shows

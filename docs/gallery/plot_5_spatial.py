@@ -18,7 +18,8 @@ from PIL import Image
 
 import trellis_mv
 from trellis_mv.diagnostics import save_diagnostics
-from trellis_mv.proxy import HELD_OUT_SEED, ProxyPipeline, color_error, input_views, iou, make_shape, render
+from trellis_mv.eval import color_error, iou
+from trellis_mv.proxy import HELD_OUT_SEED, ProxyPipeline, input_views, make_shape, render
 
 VIEWS = ["front", "right", "back", "left"]
 UNSEEN = ["az135el30", "az315el30"]

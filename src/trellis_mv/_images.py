@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 from ._errors import ImageError
 
-__all__ = ["check_foreground", "convert", "describe_view", "load_image", "load_images"]
+__all__ = ["check_foreground", "convert", "describe_view", "image_tensor", "load_image", "load_images"]
 
 _TO_RGB = {"1", "L", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
 
@@ -119,3 +120,15 @@ def load_images(images: Sequence[Any]) -> list[Any]:
             check_foreground(item, describe_view(images[i], i))
         out.append(item)
     return out
+
+
+def image_tensor(item: Any, index: int = 0) -> torch.Tensor:
+    """A view at its own size as ``float [3, H, W]`` in ``[0, 1]``, RGBA composited on black; tensors pass through.
+
+    >>> image_tensor(Image.new("RGBA", (6, 4), (255, 128, 0, 255))).shape
+    torch.Size([3, 4, 6])
+    """
+    if isinstance(item, torch.Tensor):
+        return item
+    rgba = torch.from_numpy(np.asarray(load_image(item, index).convert("RGBA"), dtype=np.float32) / 255)
+    return (rgba[..., :3] * rgba[..., 3:]).permute(2, 0, 1).contiguous()

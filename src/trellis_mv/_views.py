@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -16,6 +17,7 @@ __all__ = [
     "Camera",
     "Views",
     "camera_directions",
+    "camera_name",
     "normalise_cameras",
     "normalise_weights",
     "parse_camera",
@@ -43,6 +45,7 @@ CAMERA_NAMES: dict[str, Camera] = {
     "left": Camera(270.0, 0.0),
     "top": Camera(0.0, 90.0),
 }
+_AZ_EL = re.compile(r"^az(-?\d+(?:\.\d+)?)(?:el(-?\d+(?:\.\d+)?))?$")
 
 
 def camera_directions(
@@ -71,37 +74,67 @@ def camera_directions(
     return out
 
 
+def _named(names: Mapping[str, Any] | None) -> dict[str, Camera]:
+    return {**CAMERA_NAMES, **{k.lower(): Camera(*map(float, v)) for k, v in (names or {}).items()}}
+
+
 def parse_camera(value: Any, names: Mapping[str, Any] | None = None) -> Camera | None:
-    """A :class:`Camera` from a name, ``"AZ"``, ``"AZ,EL"``, a pair, a Camera, or None.
+    """A :class:`Camera` from a name, ``"AZ"``, ``"AZ,EL"``, ``"azAZ[elEL]"``, a pair, a Camera, or None.
 
     ``names`` adds or overrides named cameras (an adapter's ``named_cameras``: the proxy's
     ``front`` is raised 25 degrees, as its views are rendered); :data:`CAMERA_NAMES` otherwise.
+    :func:`camera_name` prints a camera back in this vocabulary.
 
-    >>> parse_camera("back"), parse_camera("30,20"), parse_camera((45, 10)), parse_camera(None)
-    (Camera(azimuth=180.0, elevation=0.0), Camera(azimuth=30.0, elevation=20.0), Camera(azimuth=45.0, elevation=10.0), None)
+    >>> parse_camera("back"), parse_camera("30,20"), parse_camera("az30el20"), parse_camera((45, 10)), parse_camera(None)
+    (Camera(azimuth=180.0, elevation=0.0), Camera(azimuth=30.0, elevation=20.0), Camera(azimuth=30.0, elevation=20.0), \
+Camera(azimuth=45.0, elevation=10.0), None)
+    >>> parse_camera("front", names={"front": (0, 25)})
+    Camera(azimuth=0.0, elevation=25.0)
     """
     if value is None or isinstance(value, Camera):
         return value
     given = value
     if isinstance(value, str):
         key = value.strip().lower()
-        named = {**CAMERA_NAMES, **{k.lower(): Camera(*v) for k, v in (names or {}).items()}}
+        named = _named(names)
         if key in named:
             return named[key]
-        value = [part for part in key.replace(" ", "").split(",") if part]
+        spelled = _AZ_EL.match(key)
+        value = spelled.groups("0") if spelled else [part for part in key.replace(" ", "").split(",") if part]
     try:
         numbers = [float(v) for v in value]
     except (TypeError, ValueError):
         numbers = []
     if not 1 <= len(numbers) <= 2 or not all(math.isfinite(v) for v in numbers):
         raise ViewError(
-            f"camera {given!r} is not a camera; expected one of {', '.join(CAMERA_NAMES)}, "
-            "'AZIMUTH' or 'AZIMUTH,ELEVATION' in degrees (e.g. '90' or '90,20')"
+            f"camera {given!r} is not a camera; expected one of {', '.join(_named(names))}, "
+            "'AZIMUTH' or 'AZIMUTH,ELEVATION' in degrees (e.g. '90' or '90,20'; also 'az90el20')"
         )
     azimuth, elevation = numbers[0] % 360.0, numbers[1] if len(numbers) == 2 else 0.0
     if not -90.0 <= elevation <= 90.0:
         raise ViewError(f"camera {given!r}: elevation must be between -90 and 90 degrees; got {elevation:g}")
     return Camera(azimuth, elevation)
+
+
+def camera_name(camera: Any, names: Mapping[str, Any] | None = None) -> str:
+    """How a camera is written: its name where it has one (``names`` as for :func:`parse_camera`), else ``AZ[,EL]``.
+
+    What it prints, :func:`parse_camera` reads back as the same camera (with the same ``names``).
+
+    >>> camera_name((180, 0)), camera_name("az30el20"), camera_name((45.0, 0.0))
+    ('back', '30,20', '45')
+    >>> proxy_names = {"front": (0, 25)}
+    >>> camera_name((0, 25), proxy_names), camera_name((0, 0), proxy_names), camera_name("front", proxy_names)
+    ('front', '0', 'front')
+    """
+    cam = parse_camera(camera, names)
+    if cam is None:
+        raise ViewError("camera_name got None; there is no camera to name (callers print unknown views themselves)")
+    for name, known in _named(names).items():
+        if abs((known.azimuth - cam.azimuth + 180) % 360 - 180) < 1e-6 and abs(known.elevation - cam.elevation) < 1e-6:
+            return name
+    number = lambda x: f"{x:.6f}".rstrip("0").rstrip(".")
+    return number(cam.azimuth) + (f",{number(cam.elevation)}" if cam.elevation else "")
 
 
 def normalise_cameras(

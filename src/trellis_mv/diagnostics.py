@@ -27,6 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from trellis_mv._views import camera_name, parse_camera
+from trellis_mv.voxels import mesh_from_voxels, render
+
 __all__ = ["VIEW_COLOURS", "dominant_view", "save_diagnostics", "voxel_arrays"]
 
 #: RGB in [0, 1] of view 0, 1, ... in the dominant-view pictures (repeated beyond eight views).
@@ -88,7 +91,7 @@ def voxel_arrays(source: Any, coords: Any = None) -> dict[str, np.ndarray]:
     share, dominant = weights.max(0)
     dis = record.get("disagreement")
     dis = torch.as_tensor(dis).float().cpu().reshape(-1) if dis is not None else torch.full((coords.shape[0],), float("nan"))
-    cams = [("none" if c is None else f"{c[0]:g},{c[1]:g}") for c in record.get("cameras", (None,) * weights.shape[0])]
+    cams = [("none" if c is None else camera_name(c)) for c in record.get("cameras", (None,) * weights.shape[0])]
     return {
         "coords": coords.numpy(), "view_weights": weights.numpy(), "dominant": dominant.numpy(),
         "share": share.numpy(), "disagreement": dis.numpy(), "cameras": np.array(cams),
@@ -121,8 +124,6 @@ def save_diagnostics(patch_or_diagnostics: Any, coords: Any = None, out_dir: str
     """
     from PIL import Image, ImageDraw
 
-    from trellis_mv.proxy import mesh_from_voxels, render
-
     arrays = voxel_arrays(patch_or_diagnostics, coords)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,14 +148,14 @@ def save_diagnostics(patch_or_diagnostics: Any, coords: Any = None, out_dir: str
     occ, col = _grid(arrays["coords"][rows], colour[rows])
     _, hot = _grid(arrays["coords"][rows], heat[rows])
     cams = [c for c in arrays["cameras"] if c != "none"]
-    views = [(float(c.split(",")[0]), float(c.split(",")[1])) for c in cams] or ["front", "right", "back", "left"]
+    views = [parse_camera(c) for c in cams] or [parse_camera(c) for c in ("front", "right", "back", "left")]
     size, pad = 112, 18
-    a, _ = render(occ, col, views, size=size, samples=3 * occ.shape[0])
-    b, _ = render(occ, hot, views, size=size, samples=3 * occ.shape[0])
+    a, _ = render(occ, col, views, size=size)
+    b, _ = render(occ, hot, views, size=size)
     sheet = Image.new("RGB", (max(len(views) * size, 4 * 120), 2 * (size + pad) + pad * ((n + 3) // 4)), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
     for j, view in enumerate(views):
-        label = view if isinstance(view, str) else f"az{view[0]:g} el{view[1]:g}"
+        label = camera_name(view)
         for row, img in enumerate((a[j], b[j])):
             pil = Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
             sheet.paste(pil, (j * size, row * (size + pad) + pad))

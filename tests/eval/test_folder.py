@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import trimesh
 
+import trellis_mv
 from trellis_mv import proxy
 from trellis_mv.eval import FolderDataset, evaluate, score_mesh, write_example_folder
 from trellis_mv.eval._datasets import given_views
@@ -21,7 +22,7 @@ def test_example_folder_round_trips_views_cameras_and_mesh(folder):
     assert ds.object_ids() == ["proxy-1000000007", "proxy-1000000008"]
     obj = ds.load("proxy-1000000007")
     assert obj.view_names == ["front", "right", "back", "left", "top"]
-    assert obj.cameras == {n: proxy.parse_view(n) for n in obj.view_names}
+    assert obj.cameras == {n: trellis_mv.parse_camera(n, proxy.NAMED_VIEWS) for n in obj.view_names}
     shape = proxy.make_shape(1000000007)
     photo = proxy.preprocess(obj.images["back"])
     assert (photo - proxy.input_views(shape.occupancy, shape.colors, ["back"])[0]).abs().max().item() <= 1 / 255 + 1e-6
@@ -88,3 +89,33 @@ def test_an_adapter_built_in_python_is_used_as_given(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == "tiny-proxy"
     forwards = [json.loads(line)["cost"]["model_forwards"] for line in (tmp_path / "run" / "results" / "rank-0000.jsonl").open()]
     assert forwards == [2 * 2 * 1, 2 * 2 * 2]  # multidiffusion batches views and negative; single runs them apart
+
+
+def test_scores_come_from_the_adapters_optional_members_and_its_prepare(folder, tmp_path):
+    from PIL import Image
+
+    big = tmp_path / "big"
+    for obj in FolderDataset(folder, objects=1).object_ids():
+        (big / obj).mkdir(parents=True)
+        for f in (folder / obj).iterdir():
+            if f.suffix == ".png":  # photos at 128 px: the adapter's prepare makes them 64 px
+                Image.open(f).resize((128, 128), Image.Resampling.NEAREST).save(big / obj / f.name)
+            else:
+                (big / obj / f.name).write_bytes(f.read_bytes())
+    rendered = []
+
+    class Members(proxy.ProxyAdapter):
+        to_voxels = None  # eval may use only what an adapter offers: here a mesh and renders
+
+        def render(self, output, camera, size):
+            rendered.append((tuple(camera), size))
+            return super().render(output, camera, size)
+
+    adapter = Members()
+    adapter.default_params = {s: {**p, "steps": 2} for s, p in adapter.default_params.items()}
+    evaluate(adapter=adapter, out=tmp_path / "run", dataset=FolderDataset(big), views=[1], progress=False, report=False)
+    cameras = json.loads((big / "proxy-1000000007" / "cameras.json").read_text())
+    assert {c for c, _ in rendered} == {(c["azimuth"], c["elevation"]) for c in cameras.values()}
+    assert {s for _, s in rendered} == {64}
+    metrics = json.loads((tmp_path / "run" / "results" / "rank-0000.jsonl").open().readline())["metrics"]
+    assert {"chamfer", "given_psnr", "heldout_psnr"} <= set(metrics) and "iou" not in metrics

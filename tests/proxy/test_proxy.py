@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from trellis_mv.eval import score_voxels as score
 from trellis_mv.proxy import (
     HELD_OUT_SEED,
     VIEW_SETS,
@@ -17,7 +18,6 @@ from trellis_mv.proxy import (
     make_shape,
     preprocess,
     render,
-    score,
 )
 
 

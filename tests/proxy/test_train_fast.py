@@ -12,7 +12,7 @@ from trellis_mv.proxy import ProxyConfig, ProxyModels
 from trellis_mv.proxy._data import make_shapes
 from trellis_mv.proxy._fast import PackedTexture, ViewBank, build_bank, gather_cells, max_cells, pack_cells
 from trellis_mv.proxy._state import MAX_TOTAL, SHARD_BYTES, load_state, save_state, state_exists
-from trellis_mv.proxy.train import FastStep, train
+from trellis_mv.proxy.train import FastStep, random_views, train
 from trellis_mv.sparse import SparseTensor
 
 TINY = ProxyConfig(width=16, heads=2, encoder_layers=1, structure_blocks=1, texture_blocks=1, patch=8)
@@ -62,15 +62,15 @@ def test_packing_keeps_every_occupied_voxel_in_cell_order():
 
 
 def test_the_bank_holds_views_of_its_shapes_and_is_read_back_from_its_cache(tmp_path):
-    from trellis_mv.proxy._render import input_views
+    from trellis_mv.proxy._cameras import input_views
 
     occ, col = _shapes(3)
-    bank = build_bank(occ, col, per_shape=2, seed=5, device="cpu", cache=tmp_path)
+    bank = build_bank(occ, col, per_shape=2, seed=5, device="cpu", draw_views=random_views, cache=tmp_path)
     assert bank.images.shape == (3, 2, 3, 64, 64) and bank.images.dtype == torch.uint8
     view = tuple(bank.views[1, 1].tolist())
     ref = input_views(occ[1], col[1], [view])[0]
     assert (bank.images[1, 1].float() / 255 - ref).abs().max() <= 0.5 / 255 + 1e-6
-    again = build_bank(occ, col, per_shape=2, seed=5, device="cpu", cache=tmp_path)  # from the cache file
+    again = build_bank(occ, col, per_shape=2, seed=5, device="cpu", draw_views=random_views, cache=tmp_path)  # cached
     assert torch.equal(again.images, bank.images) and len(list(tmp_path.glob("bank-*.npz"))) == 1
     o, c, im = bank.batch(torch.Generator().manual_seed(0), 5)
     assert o.shape == (5, 16, 16, 16) and c.dtype == torch.float32 and im.shape == (5, 3, 64, 64)

@@ -22,7 +22,7 @@ def test_choice_is_the_lowest_median_error(proxy):
     out = auto_generate(pipeline, [images[0], images[2]], cams, candidates=["robust"], seed=0, **FAST)
     assert set(out.scores) == {"robust", "single:view=0", "single:view=1"}
     assert out.choice == min(out.scores, key=out.scores.get)
-    errors = render_agreement(out.result, [images[0], images[2]], cams)
+    errors = render_agreement(out.result, [images[0], images[2]], cams, names=pipeline.named_cameras)
     assert torch.allclose(errors, torch.tensor(out.per_view[out.choice], dtype=errors.dtype))
     assert out.model_calls > sum(p.model_calls for p in out.patches.values())  # every candidate counted
 
@@ -36,16 +36,18 @@ def test_the_run_path_hands_the_cameras_to_every_stage(proxy):
 
 
 def test_render_agreement_is_small_for_the_truth_and_large_for_another_shape(proxy):
-    _, shape, images = proxy
+    pipeline, shape, images = proxy
     other = make_shape(shape.seed + 1)
 
     class Result:
         def __init__(self, s):
             self.occupancy, self.colors = torch.as_tensor(s.occupancy)[None], torch.as_tensor(s.colors)[None]
 
-    cams = ["front", "right", "back", "left"]
-    truth, wrong = render_agreement(Result(shape), images, cams), render_agreement(Result(other), images, cams)
+    cams, names = ["front", "right", "back", "left"], pipeline.named_cameras
+    truth, wrong = (render_agreement(Result(s), images, cams, names=names) for s in (shape, other))
     assert truth.shape == (4,) and (truth < 0.01).all() and (truth < wrong / 3).all()
+    level = render_agreement(Result(shape), images, cams)  # the core's front is level: not the proxy's views
+    assert (level > 3 * truth).all()
 
 
 def test_a_custom_score_decides(proxy):

@@ -5,6 +5,8 @@ what is expected; the page shows that line. Nothing here imports Gradio.
 
 >>> parse_cameras("front; 90,10; ; left", 4)
 [(0.0, 0.0), (90.0, 10.0), None, (270.0, 0.0)]
+>>> parse_cameras("front; az90el10", 2, names={"front": (0, 25)})   # the model's own named cameras
+[(0.0, 25.0), (90.0, 10.0)]
 >>> stage_spec("stochastic", "order=random, seed=3")
 'stochastic:order=random, seed=3'
 """
@@ -87,22 +89,23 @@ def check_photos(files: Sequence[str | os.PathLike[str]] | None) -> list[Path]:
     return paths
 
 
-def _camera(text: str, index: int) -> Camera:
+def _camera(text: str, index: int, names: Mapping[str, Any] | None) -> Camera:
     key = text.strip().lower()
     if key in _UNKNOWN:
         return None
     try:
-        camera = parse_camera(key.replace(" ", ",") if "," not in key else key)
+        camera = parse_camera(key.replace(" ", ",") if "," not in key else key, names)
     except TrellisMVError as exc:
         raise InputError(f"view {index}: {exc}") from None
     return (camera.azimuth, camera.elevation) if camera else None
 
 
-def parse_cameras(text: str | None, count: int) -> list[Camera] | None:
+def parse_cameras(text: str | None, count: int, names: Mapping[str, Any] | None = None) -> list[Camera] | None:
     """One ``(azimuth, elevation)`` or None per photo, from ``;``- or line-separated entries.
 
     Empty text means no view is known (None). Otherwise there must be one entry per photo;
-    an entry may be empty (that view's angle is unknown).
+    an entry may be empty (that view's angle is unknown). Entries are read by
+    :func:`trellis_mv.parse_camera` with ``names``, the model's ``named_cameras``.
 
     >>> parse_cameras("", 3) is None
     True
@@ -117,7 +120,7 @@ def parse_cameras(text: str | None, count: int) -> list[Camera] | None:
             f"{len(entries)} view angles for {count} photos; give one per photo, separated by ';' "
             "(an empty entry for an unknown view), or clear the field"
         )
-    cameras = [_camera(e, i) for i, e in enumerate(entries, 1)]
+    cameras = [_camera(e, i, names) for i, e in enumerate(entries, 1)]
     return None if all(c is None for c in cameras) else cameras
 
 
@@ -181,14 +184,16 @@ def run_options(
     steps: Any = None,
     guidance: Any = None,
     registry: Registry | None = None,
+    names: Mapping[str, Any] | None = None,
 ) -> RunOptions:
     """Check a whole request; the first problem raises :class:`InputError`.
 
     ``choices`` maps each stage to ``(aggregator, options text)``; ``steps`` and ``guidance``
-    (empty: the model's per-stage defaults) apply to every stage.
+    (empty: the model's per-stage defaults) apply to every stage; ``names`` are the model's
+    named cameras (its ``named_cameras``), so that ``front`` means what it means to the model.
     """
     photos = check_photos(files)
-    cameras = parse_cameras(views, len(photos))
+    cameras = parse_cameras(views, len(photos), names)
     unknown = sorted(set(choices) - set(stage_names))
     if unknown:
         raise InputError(f"unknown stage {unknown[0]!r}; this model's stages are: {', '.join(stage_names)}")

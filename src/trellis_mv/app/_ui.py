@@ -24,6 +24,7 @@ import gradio as gr
 
 from .._errors import TrellisMVError
 from .._registry import Registry, get_registry
+from .._views import camera_name
 from ._options import MAX_PHOTOS, MAX_STEPS, InputError, RunOptions, aggregator_table, describe, run_options, stage_spec
 from ._run import default_params, load_pipeline, run, stage_clock, stage_names
 
@@ -45,6 +46,7 @@ class App:
         self.registry = registry or get_registry()
         self.stages = stage_names(pipeline)
         self.defaults = default_params(pipeline)
+        self.names = getattr(pipeline, "named_cameras", None)
         self.lock = threading.Lock()
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="trellis-mv-app-"))
         if work_dir is None:
@@ -85,18 +87,10 @@ def _outputs(summary: dict[str, Any], out: Path) -> tuple[str | None, str | None
     return glb, png, [str(out / n) for n in names]
 
 
-def _view_label(camera: Any) -> str:
-    if not camera:
-        return "?"
-    from ..proxy import view_name
-
-    return view_name(tuple(camera))
-
-
-def summary_markdown(summary: dict[str, Any]) -> str:
-    """The run in one paragraph: views, view angles, aggregators, seed, time."""
+def summary_markdown(summary: dict[str, Any], names: Any = None) -> str:
+    """The run in one paragraph: views, view angles (named as the model names them), aggregators, seed, time."""
     cameras = summary.get("cameras") or []
-    views = [_view_label(c) for c in cameras] if any(cameras) else []
+    views = [camera_name(c, names) if c else "?" for c in cameras] if any(cameras) else []
     aggs = ", ".join(f"{s} = **{a}**" for s, a in summary.get("aggregators", {}).items())
     seconds = summary.get("seconds", {}).get("total", "?")
     shown = f" ({', '.join(views)})" if views else ""
@@ -235,6 +229,7 @@ def build_app(app: App) -> gr.Blocks:
                     data[photos], data[views], app.stages,
                     {s: (data[dd], data[tb]) for s, (dd, tb) in stage_inputs.items()},
                     seed=data[seed], steps=data[steps], guidance=data[guidance], registry=app.registry,
+                    names=app.names,
                 )
                 summary, out = app.generate(opts, _progress(progress, app.stages))
                 number = app.last_run
@@ -242,7 +237,7 @@ def build_app(app: App) -> gr.Blocks:
                 return [_error(exc), *empty]
             glb, png, paths = _outputs(summary, out)
             done = f"Done (run {number}): {summary.get('num_views')} views, {summary.get('seconds', {}).get('total', '?')} s."
-            return [done, glb, summary_markdown(summary), png, cost_markdown(summary), paths]
+            return [done, glb, summary_markdown(summary, app.names), png, cost_markdown(summary), paths]
 
         run_btn.click(
             on_run, inputs={*common, *(c for pair in stage_inputs.values() for c in pair)},
@@ -255,7 +250,7 @@ def build_app(app: App) -> gr.Blocks:
             try:
                 progress(0, desc="checking the input")
                 base = run_options(data[photos], data[views], app.stages, {}, seed=data[seed], steps=data[steps],
-                                   guidance=data[guidance], registry=app.registry)
+                                   guidance=data[guidance], registry=app.registry, names=app.names)
                 specs = [stage_spec(data[dd], data[tb], app.registry, where=f"aggregator {k + 1}")
                          for k, (dd, tb) in enumerate(cmp_inputs) if data[dd] and data[dd] != NONE]
                 if len(specs) < 2:
@@ -272,7 +267,7 @@ def build_app(app: App) -> gr.Blocks:
                     continue
                 spec, summary, out = results[k]
                 glb, png, paths = _outputs(summary, out)
-                shown += [f"### {spec}\n{summary_markdown(summary)}", glb, png, cost_markdown(summary), paths]
+                shown += [f"### {spec}\n{summary_markdown(summary, app.names)}", glb, png, cost_markdown(summary), paths]
             return [f"Done (run {app.last_run}): compared {', '.join(r[0] for r in results)} on "
                     f"{results[0][1].get('num_views')} views.", *shown]
 

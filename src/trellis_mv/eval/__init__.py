@@ -22,28 +22,20 @@ from trellis_mv.eval._metrics import image_scores, lower_is_better, score_mesh
 from trellis_mv.eval._report import write_report
 from trellis_mv.eval._run import Generation, evaluate
 from trellis_mv.eval._stats import Paired, mean_ci, paired, paired_bootstrap_ci, wilcoxon_p
+from trellis_mv.eval._voxel_metrics import (
+    HELD_OUT_VIEWS,
+    NEAREST_VOXEL,
+    chamfer,
+    color_error,
+    fscore,
+    iou,
+    reference_iou,
+    score_voxels,
+)
 
 __all__ = [
-    "VIEW_SETS",
-    "Dataset",
-    "EvalObject",
-    "FolderDataset",
-    "Generation",
-    "Job",
-    "Paired",
-    "Placement",
-    "ProxyDataset",
-    "derive_seed",
-    "evaluate",
-    "image_scores",
-    "lower_is_better",
-    "mean_ci",
-    "paired",
-    "paired_bootstrap_ci",
-    "parse_dataset",
-    "placement",
-    "score_mesh",
-    "wilcoxon_p",
-    "write_example_folder",
-    "write_report",
+    "HELD_OUT_VIEWS", "NEAREST_VOXEL", "VIEW_SETS", "Dataset", "EvalObject", "FolderDataset", "Generation", "Job",
+    "Paired", "Placement", "ProxyDataset", "chamfer", "color_error", "derive_seed", "evaluate", "fscore",
+    "image_scores", "iou", "lower_is_better", "mean_ci", "paired", "paired_bootstrap_ci", "parse_dataset",
+    "placement", "reference_iou", "score_mesh", "score_voxels", "wilcoxon_p", "write_example_folder", "write_report",
 ]

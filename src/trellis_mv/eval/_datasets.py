@@ -39,16 +39,15 @@ from typing import Any, Protocol
 
 import torch
 
-from trellis_mv import proxy
+from trellis_mv import parse_camera, proxy
+from trellis_mv.voxels import mesh_from_voxels
 
 __all__ = [
     "VIEW_SETS", "Dataset", "EvalObject", "FolderDataset", "ProxyDataset", "given_views", "parse_dataset", "write_example_folder",
 ]
 
 #: The standard given views for N = 1, 2 and 4.
-VIEW_SETS: dict[int, list[str]] = dict(
-    proxy.VIEW_SETS
-)
+VIEW_SETS: dict[int, list[str]] = dict(proxy.VIEW_SETS)
 _IMAGES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _MESHES = ("mesh.glb", "mesh.obj", "mesh.ply")
 
@@ -112,7 +111,7 @@ class ProxyDataset:
         shape = proxy.make_shape(int(object_id))
         names = VIEW_SETS[max(VIEW_SETS)]
         images = proxy.input_views(shape.occupancy, shape.colors, names)
-        return EvalObject(object_id, dict(zip(names, images)), {n: proxy.parse_view(n) for n in names}, shape=shape)
+        return EvalObject(object_id, dict(zip(names, images)), {n: proxy.NAMED_VIEWS[n] for n in names}, shape=shape)
 
     def view_names(self, object_id: str) -> list[str]:
         return list(VIEW_SETS[max(VIEW_SETS)])
@@ -223,8 +222,7 @@ def write_example_folder(
         for name, img in zip(views, images):
             arr = (img.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
             Image.fromarray(arr).save(folder / f"{name}.png")
-            az, el = proxy.parse_view(name)
-            cams[f"{name}.png"] = {"azimuth": az, "elevation": el}
+            cams[f"{name}.png"] = dict(zip(("azimuth", "elevation"), parse_camera(name, proxy.NAMED_VIEWS)))
         (folder / "cameras.json").write_text(json.dumps(cams, indent=1) + "\n")
-        proxy.mesh_from_voxels(shape.occupancy, shape.colors).export(folder / "mesh.ply")
+        mesh_from_voxels(shape.occupancy, shape.colors).export(folder / "mesh.ply")
     return root

@@ -1,4 +1,4 @@
-"""Scores of one generation: against the proxy's ground truth, a ground-truth mesh, or held-out photos.
+"""Scores of one generation against a ground-truth mesh or held-out photos (voxels against the proxy's shapes: ``score_voxels``).
 
 Meshes are compared as the field does: points sampled on both surfaces, each normalised
 (bounding-box centre at the origin, longest side 1), the generation aligned to the truth
@@ -19,18 +19,14 @@ two thresholds and the IoU of the surface voxels at ``32^3``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from trellis_mv import proxy
+__all__ = ["FSCORE_THRESHOLDS", "align", "image_scores", "lower_is_better", "score_mesh"]
 
-__all__ = ["FSCORE_THRESHOLDS", "HELD_OUT_VIEWS", "align", "image_scores", "lower_is_better", "score_mesh"]
-
-#: Views never given on the proxy data set, for colour error of unseen sides.
-HELD_OUT_VIEWS = ["az45el20", "az135el20", "az225el20", "az315el20", "top"]
 #: F-score thresholds, in units of the normalised object's longest side.
 FSCORE_THRESHOLDS = (0.02, 0.05)
 _LOWER = ("chamfer", "error", "seconds", "memory", "forwards", "rows")
@@ -43,13 +39,6 @@ def lower_is_better(metric: str) -> bool:
     (True, False, True)
     """
     return any(word in metric for word in _LOWER)
-
-
-def _score_proxy(
-    occupancy: torch.Tensor, colors: torch.Tensor, shape: proxy.Shape, given_views: Sequence[str]
-) -> dict[str, float]:
-    """The proxy's metrics of one generated sample against its shape (:func:`trellis_mv.proxy.score`)."""
-    return dict(proxy.score(occupancy, colors, shape, list(given_views)))
 
 
 def _rotations() -> list[np.ndarray]:

@@ -12,17 +12,21 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from trellis_mv._errors import TrellisMVError
+from trellis_mv._errors import TrellisMVError, ViewError
+from trellis_mv._images import image_tensor, load_image
+from trellis_mv._views import Camera, parse_camera
 from trellis_mv.eval._datasets import Dataset, EvalObject, given_views, parse_dataset
 from trellis_mv.eval._jobs import SINGLE, Job, Placement, ResultStore, build_jobs, pending, placement, shard
-from trellis_mv.eval._metrics import _score_proxy, score_mesh, view_scores
+from trellis_mv.eval._metrics import score_mesh, view_scores
+from trellis_mv.eval._voxel_metrics import score_voxels
+from trellis_mv.voxels import mesh_from_voxels
 
 __all__ = ["Generation", "evaluate"]
 
@@ -93,71 +97,64 @@ def _device_of(adapter: Any) -> torch.device | None:
     return torch.device(dev) if dev is not None else None
 
 
-def _renderer(adapter: Any) -> Callable[[Any, tuple[float, float], int], torch.Tensor] | None:
-    """``render(output, (azimuth, elevation), size) -> float [3, size, size]`` where the adapter can render, else None.
-
-    An adapter offers it by a ``render(output, camera, size)`` method; the proxy renders its voxels.
-    """
-    custom = getattr(adapter, "render", None)
-    if callable(custom):
-        return custom
-    from trellis_mv.proxy import ProxyPipeline, render
-
-    if isinstance(adapter, ProxyPipeline):
-        return lambda out, camera, size: render(out.occupancy[0], out.colors[0], [camera], size=size)[0][0]
-    return None
-
-
-def _as_mesh(output: Any) -> Any:
-    """The first sample of a generation as a ``trimesh.Trimesh``."""
+def _first_mesh(adapter: Any, output: Any) -> Any:
+    """The first sample as a ``trimesh.Trimesh``: the adapter's ``to_mesh``, else a mesh the output is or holds."""
     import trimesh
 
+    if callable(getattr(adapter, "to_mesh", None)):
+        return adapter.to_mesh(output)
     if isinstance(output, trimesh.Trimesh):
         return output
-    if hasattr(output, "occupancy") and hasattr(output, "colors"):
-        from trellis_mv.proxy import mesh_from_voxels
-
-        return mesh_from_voxels(output.occupancy[0], output.colors[0])
-    mesh = output.meshes[0] if hasattr(output, "meshes") else output
+    mesh = output.meshes[0] if hasattr(output, "meshes") else output  # TRELLIS.2 / TRELLIS: a list of mesh objects
     to_np = lambda t: t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else t
     return trimesh.Trimesh(vertices=to_np(mesh.vertices), faces=to_np(mesh.faces), process=False)
 
 
 # ------------------------------------------------------------------------------------------
 # one job
-def _photo(image: Any, size: int = 64) -> torch.Tensor:
-    from trellis_mv.proxy import preprocess
+def _photo(adapter: Any, image: Any) -> torch.Tensor:
+    """A held-out photo as the adapter prepares its views (``prepare``), else at its own size: ``float [3, H, W]``."""
+    prepare = getattr(adapter, "prepare", None)
+    return image_tensor(prepare([load_image(image)])[0] if callable(prepare) and not torch.is_tensor(image) else image)
 
-    return image if isinstance(image, torch.Tensor) else preprocess(image, size=size)
+
+def _camera(obj: EvalObject, view: str, names: Any) -> Camera | None:
+    """A view's camera: the data set's, else the view's name read as a camera of the adapter (``front``), else None."""
+    try:
+        return parse_camera(obj.cameras.get(view, view), names)
+    except ViewError:
+        return None
 
 
-def _score(obj: EvalObject, job: Job, gen: Generation, render: Callable[..., torch.Tensor] | None) -> dict[str, float]:
-    if obj.shape is not None and hasattr(gen.output, "occupancy"):
-        return _score_proxy(gen.output.occupancy[0], gen.output.colors[0], obj.shape, list(job.views))
+def _score(adapter: Any, obj: EvalObject, job: Job, gen: Generation) -> dict[str, float]:
+    names = getattr(adapter, "named_cameras", None)
+    if obj.shape is not None and callable(getattr(adapter, "to_voxels", None)):
+        occupancy, colors = adapter.to_voxels(gen.output)
+        return score_voxels(occupancy, colors, obj.shape, [_camera(obj, v, names) for v in job.views])
     scores: dict[str, float] = {}
     truth = obj.mesh
     if truth is None and obj.shape is not None:  # another model on the proxy's objects: compare meshes
-        from trellis_mv.proxy import mesh_from_voxels
-
         truth = mesh_from_voxels(obj.shape.occupancy, obj.shape.colors)
     if truth is not None:
-        scores.update(score_mesh(_as_mesh(gen.output), truth))
-    if render is not None and obj.cameras and obj.shape is None:
-        given = {v: _photo(obj.images[v]) for v in job.views if v in obj.cameras}
-        held = {v: _photo(obj.images[v]) for v in obj.view_names if v not in job.views and v in obj.cameras}
-        scores.update(view_scores(render, gen.output, given, obj.cameras, "given"))
-        scores.update(view_scores(render, gen.output, held, obj.cameras, "heldout"))
+        scores.update(score_mesh(_first_mesh(adapter, gen.output), truth))
+    render = getattr(adapter, "render", None)
+    cameras = {v: c for v in obj.view_names if (c := _camera(obj, v, names)) is not None}
+    if callable(render) and cameras and obj.shape is None:
+        given = {v: _photo(adapter, obj.images[v]) for v in job.views if v in cameras}
+        held = {v: _photo(adapter, obj.images[v]) for v in obj.view_names if v not in job.views and v in cameras}
+        scores.update(view_scores(render, gen.output, given, cameras, "given"))
+        scores.update(view_scores(render, gen.output, held, cameras, "heldout"))
     return scores
 
 
 def _run_job(adapter: Any, obj: EvalObject, job: Job, params: Mapping[str, Any] | None, max_batch: int | None,
-             render: Callable[..., torch.Tensor] | None, group: Any = None) -> dict[str, Any]:
+             group: Any = None) -> dict[str, Any]:
     images = [obj.images[v] for v in job.views]
-    cameras = [obj.cameras.get(v, v if obj.shape is not None else None) for v in job.views]  # the proxy's views are named
+    cameras = [_camera(obj, v, getattr(adapter, "named_cameras", None)) for v in job.views]
     gen = _generate(adapter, images, job.aggregator, job.seed, params=params, max_batch=max_batch,
                     cameras=cameras if any(c is not None for c in cameras) else None, group=group)
     metrics = {k: (float(v) if v is not None and math.isfinite(float(v)) else None)
-               for k, v in _score(obj, job, gen, render).items()}
+               for k, v in _score(adapter, obj, job, gen).items()}
     return {
         "key": job.key, "object": job.object_id, "aggregator": job.aggregator, "views": list(job.views),
         "seed_index": job.seed_index, "seed": job.seed, "metrics": metrics,
@@ -245,8 +242,10 @@ def evaluate(
     :param out: the results folder (created; a restart with the same options resumes it).
     :param dataset: ``"proxy"``, ``"folder:PATH"`` or a :class:`Dataset`.
     :param model: ``"proxy"`` or a TRELLIS.2 hub id / folder; ignored when ``adapter`` is given.
-    :param adapter: an already built pipeline adapter (e.g. a TRELLIS.2 pipeline); it may offer
-        ``render(output, (azimuth, elevation), size)`` for scores at held-out views.
+    :param adapter: an already built pipeline adapter (e.g. a TRELLIS.2 pipeline). Its optional
+        members decide the scores: ``to_voxels(output)`` (against the proxy's shapes),
+        ``to_mesh(output)`` (against a true mesh) and ``render(output, camera, size)`` (at the
+        views' cameras, against the photos as its ``prepare`` makes them).
     :param views: the numbers of given views (standard sets :data:`VIEW_SETS`).
     :param aggregators: aggregator specs; ``multidiffusion`` and the single-view baselines are always added.
     :param seeds: seeds per (object, aggregator, views); each derived from (object, seed index).
@@ -296,8 +295,7 @@ def evaluate(
     ran = 0
     if todo:
         adapter = adapter if adapter is not None else _load_adapter(model, _pick_device(device, where))
-        render = _renderer(adapter)
-        ran = _work(adapter, ds, todo, store, where, len(mine), len(jobs), params, max_batch, render, progress, group)
+        ran = _work(adapter, ds, todo, store, where, len(mine), len(jobs), params, max_batch, progress, group)
     left = len(pending(jobs, store.done()))
     result: dict[str, Any] = {"jobs": len(jobs), "ran": ran, "pending": left, "report": None}
     if where.rank != 0 or not report or max_jobs is not None:
@@ -345,8 +343,7 @@ def _views_group(spread_views: bool, where: Placement) -> Any:
 
 
 def _work(adapter: Any, ds: Dataset, todo: list[Job], store: ResultStore, where: Placement, share: int, total: int,
-          params: Mapping[str, Any] | None, max_batch: int | None, render: Callable[..., torch.Tensor] | None,
-          progress: bool, group: Any = None) -> int:
+          params: Mapping[str, Any] | None, max_batch: int | None, progress: bool, group: Any = None) -> int:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=share, initial=share - len(todo), desc=f"rank {where.rank}", position=where.rank,
@@ -360,7 +357,7 @@ def _work(adapter: Any, ds: Dataset, todo: list[Job], store: ResultStore, where:
         for k, job in enumerate(todo):
             if current is None or current.object_id != job.object_id:
                 current = ds.load(job.object_id)
-            record = _run_job(adapter, current, job, params, max_batch, render, group)
+            record = _run_job(adapter, current, job, params, max_batch, group)
             record["finished_at"] = round(time.time(), 3)  # for throughput; not part of any table
             record["device"] = device_name
             if group is None or where.rank == 0:  # views spread over the ranks: every rank holds the same result

@@ -15,64 +15,22 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from trellis_mv.proxy._render import NAMED_VIEWS, View, parse_view, render, view_name
+from trellis_mv._errors import ViewError
+from trellis_mv._views import camera_name
+from trellis_mv.proxy._cameras import NAMED_VIEWS, View, render
+from trellis_mv.voxels import mesh_from_voxels
 
-__all__ = ["export_result", "mesh_from_voxels"]
-
-_FACES = [  # (axis, sign): the 4 corners of the face of a unit cube, counter-clockwise seen from outside
-    ((0, 1), [(1, 0, 0), (1, 1, 0), (1, 1, 1), (1, 0, 1)]),
-    ((0, -1), [(0, 0, 0), (0, 0, 1), (0, 1, 1), (0, 1, 0)]),
-    ((1, 1), [(0, 1, 0), (0, 1, 1), (1, 1, 1), (1, 1, 0)]),
-    ((1, -1), [(0, 0, 0), (1, 0, 0), (1, 0, 1), (0, 0, 1)]),
-    ((2, 1), [(0, 0, 1), (1, 0, 1), (1, 1, 1), (0, 1, 1)]),
-    ((2, -1), [(0, 0, 0), (0, 1, 0), (1, 1, 0), (1, 0, 0)]),
-]
-
-
-def mesh_from_voxels(occupancy: np.ndarray | torch.Tensor, colors: np.ndarray | torch.Tensor) -> Any:
-    """A ``trimesh.Trimesh`` of the exposed voxel faces, with per-vertex colours, in ``[-1, 1]^3``.
-
-    >>> occ = np.zeros((16, 16, 16), bool); occ[3, 4, 5] = True
-    >>> m = mesh_from_voxels(occ, np.ones((16, 16, 16, 3)))
-    >>> len(m.faces), m.is_watertight or len(m.vertices) == 24
-    (12, True)
-    """
-    import trimesh
-
-    occ = np.asarray(occupancy, dtype=bool)
-    col = np.asarray(colors, dtype=np.float32)
-    r = occ.shape[0]
-    padded = np.pad(occ, 1)
-    verts, faces, vcol = [], [], []
-    n = 0
-    for (axis, sign), corners in _FACES:
-        shift = [0, 0, 0]
-        shift[axis] = sign
-        neighbour = padded[1 + shift[0] : 1 + shift[0] + r, 1 + shift[1] : 1 + shift[1] + r, 1 + shift[2] : 1 + shift[2] + r]
-        vox = np.argwhere(occ & ~neighbour)
-        if len(vox) == 0:
-            continue
-        quad = vox[:, None, :] + np.array(corners)[None]  # [F, 4, 3]
-        verts.append(quad.reshape(-1, 3))
-        idx = n + np.arange(len(vox))[:, None] * 4
-        faces.append(np.concatenate([idx + np.array([0, 1, 2]), idx + np.array([0, 2, 3])]))
-        rgb = col[vox[:, 0], vox[:, 1], vox[:, 2]]
-        vcol.append(np.repeat(rgb, 4, axis=0))
-        n += len(vox) * 4
-    if not verts:
-        return trimesh.Trimesh()
-    v = np.concatenate(verts).astype(np.float32) / (r / 2) - 1
-    c = (np.clip(np.concatenate(vcol), 0, 1) * 255).round().astype(np.uint8)
-    rgba = np.concatenate([c, np.full((len(c), 1), 255, np.uint8)], 1)
-    return trimesh.Trimesh(vertices=v, faces=np.concatenate(faces), vertex_colors=rgba, process=False)
+__all__ = ["export_result"]
 
 
 def _view_of(path: Path) -> str | None:
     stem = path.stem.lower()
     for token in [stem, *stem.replace("-", "_").split("_")]:
+        if not token[:1].isalpha():  # a name or az30el20; "photo_01" is not at azimuth 1
+            continue
         try:
-            return view_name(parse_view(token))
-        except ValueError:
+            return camera_name(token, NAMED_VIEWS)
+        except ViewError:
             continue
     return None
 
@@ -81,9 +39,9 @@ def _match_view(image: torch.Tensor, occ: torch.Tensor, col: torch.Tensor) -> st
     """The view from which the result looks most like ``image`` (a coarse search)."""
     cands: list[View] = [(float(a), float(e)) for e in (0, 20, 40) for a in range(0, 360, 30)] + [NAMED_VIEWS["top"]]
     small = torch.nn.functional.avg_pool2d(image[None], 2)[0]
-    imgs, _ = render(occ, col, cands, size=32, samples=64)
+    imgs, _ = render(occ, col, cands, size=32)
     err = (imgs - small[None]).abs().mean((1, 2, 3))
-    return view_name(cands[int(err.argmin())])
+    return camera_name(cands[int(err.argmin())], NAMED_VIEWS)
 
 
 def _tile(img: torch.Tensor | np.ndarray | None, label: str, size: int = 128) -> Image.Image:
@@ -127,10 +85,11 @@ def export_result(result: Any, folder: Path) -> list[str]:
         names = []
         for i, image in enumerate(inputs):
             camera = result.cameras[i] if result.cameras else None
-            name = view_name(tuple(camera)) if camera else _view_of(Path(result.inputs[i])) if i < len(result.inputs) else None
+            given = _view_of(Path(result.inputs[i])) if i < len(result.inputs) else None
+            name = camera_name(camera, NAMED_VIEWS) if camera else given
             names.append(name or _match_view(image, occ, col))
         suffix = "" if k == 0 else f"_{k}"
-        mesh_from_voxels(occ.numpy(), col.numpy()).export(folder / f"mesh{suffix}.glb")
+        mesh_from_voxels(occ, col).export(folder / f"mesh{suffix}.glb")
         _comparison(inputs, names, occ, col).save(folder / f"comparison{suffix}.png")
         written += [f"mesh{suffix}.glb", f"comparison{suffix}.png"]
     return written

@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trellis_mv.proxy._cameras import input_views
 from trellis_mv.proxy._models import ProxyModels, TextureFlow, encode_structure
 
 __all__ = ["PackedTexture", "ViewBank", "build_bank", "ema_update", "fast_losses", "max_cells", "pack_cells"]
@@ -205,18 +206,18 @@ def _key(shapes: int, per_shape: int, seed: int, size: int) -> str:
 
 def build_bank(
     occ: torch.Tensor, col: torch.Tensor, per_shape: int, seed: int, device: str | torch.device,
+    draw_views: Callable[[int, np.random.Generator], Sequence[tuple[float, float]]],
     size: int = 64, chunk: int = 256, cache: str | Path | None = None, verbose: bool = False,
 ) -> ViewBank:
     """Render ``per_shape`` views of every shape on ``device`` (or read them from ``cache``).
 
     :param occ: ``bool [S, R, R, R]`` (any device); :param col: ``float [S, R, R, R, 3]`` in ``[0, 1]``.
+    :param draw_views: ``draw_views(n, rng)`` gives ``n`` training views ``(azimuth, elevation)``
+        (:func:`trellis_mv.proxy.train.random_views`); called once, with a generator seeded by ``seed``.
     :param chunk: views rendered per call of the renderer (larger is faster on a GPU).
     :param cache: a folder: the bank is read from it when it holds one of the same shapes
         count, views per shape, seed and size, else written to it.
     """
-    from trellis_mv.proxy._render import input_views
-    from trellis_mv.proxy.train import random_views
-
     dev = torch.device(device)
     s = occ.shape[0]
     occ_d = occ.to(dev)
@@ -229,7 +230,7 @@ def build_bank(
             print(json.dumps({"bank": str(path), "read": True, "images": list(images.shape)}), flush=True)
         return ViewBank(occ_d, col_u8, images, views, _slots(occ_d))
     rng = np.random.default_rng([seed, 7])
-    views = torch.tensor(random_views(s * per_shape, rng), dtype=torch.float32).reshape(s, per_shape, 2)
+    views = torch.tensor([tuple(v) for v in draw_views(s * per_shape, rng)], dtype=torch.float32).reshape(s, per_shape, 2)
     images = torch.empty((s, per_shape, 3, size, size), dtype=torch.uint8, device=dev)
     flat = images.view(s * per_shape, 3, size, size)
     vlist = [tuple(v) for v in views.reshape(-1, 2).tolist()]

@@ -26,26 +26,26 @@ import numpy as np
 import torch
 from PIL import Image
 
+from trellis_mv import voxels
 from trellis_mv._errors import ImageError, ParameterError
 from trellis_mv._images import load_image
 from trellis_mv._spec import hookimpl
+from trellis_mv._views import Camera
+from trellis_mv.proxy._cameras import NAMED_VIEWS, VIEW_SETS, View, input_views, render, visible_faces
 from trellis_mv.proxy._models import ProxyModels, decode_structure, load_models
-from trellis_mv.proxy._render import NAMED_VIEWS
 from trellis_mv.samplers import FlowEulerGuidanceIntervalSampler
 from trellis_mv.sparse import SparseTensor
 
-__all__ = ["DEFAULT_PARAMS", "STAGES", "ProxyAdapter", "ProxyResult", "default_weights", "example_images",
-           "preprocess"]
+__all__ = [
+    "DEFAULT_PARAMS", "NAMED_VIEWS", "STAGES", "VIEW_SETS", "ProxyAdapter", "ProxyResult", "View", "default_weights",
+    "example_images", "input_views", "preprocess", "render", "visible_faces",
+]
 
 STAGES = ("sparse_structure", "texture")
 #: Per-stage sampler parameters, in TRELLIS.2's style.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
-    "sparse_structure": {
-        "steps": 12, "guidance_strength": 3.0, "guidance_rescale": 0.7, "rescale_t": 3.0, "guidance_interval": (0.0, 1.0),
-    },
-    "texture": {
-        "steps": 12, "guidance_strength": 3.0, "guidance_rescale": 0.7, "rescale_t": 3.0, "guidance_interval": (0.0, 1.0),
-    },
+    stage: {"steps": 12, "guidance_strength": 3.0, "guidance_rescale": 0.7, "rescale_t": 3.0, "guidance_interval": (0.0, 1.0)}
+    for stage in STAGES
 }
 
 
@@ -113,7 +113,7 @@ class ProxyAdapter:
     }
     latent_frame = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
     #: the named views as the proxy renders them (front, right, back, left raised 25 degrees)
-    named_cameras = NAMED_VIEWS
+    named_cameras: ClassVar[dict[str, Camera]] = NAMED_VIEWS
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", models: ProxyModels | None = None,
                  verbose: bool = False) -> None:
@@ -194,6 +194,24 @@ class ProxyAdapter:
         c = coords.long()
         colors[c[:, 0], c[:, 1], c[:, 2], c[:, 3]] = (out.samples.feats.float().clamp(-1, 1) + 1) / 2
         return ProxyResult(occupancy=occ.cpu(), colors=colors.cpu())
+
+    def render(self, output: ProxyResult, camera: Any, size: int) -> torch.Tensor:
+        """The first sample seen from ``camera`` (a name of :data:`NAMED_VIEWS`, ``"AZ,EL"``, a pair): ``float [3, size, size]``.
+
+        >>> pipe = ProxyPipeline()
+        >>> out = ProxyResult(torch.ones(1, 16, 16, 16, dtype=torch.bool), torch.ones(1, 16, 16, 16, 3))
+        >>> tuple(pipe.render(out, "front", 32).shape), pipe.to_voxels(out)[0].shape, len(pipe.to_mesh(out).faces)
+        ((3, 32, 32), torch.Size([16, 16, 16]), 3072)
+        """
+        return voxels.render(output.occupancy[0], output.colors[0], [camera], size, names=self.named_cameras)[0][0]
+
+    def to_mesh(self, output: ProxyResult) -> Any:
+        """The first sample's voxels as a ``trimesh.Trimesh`` (:func:`trellis_mv.voxels.mesh_from_voxels`)."""
+        return voxels.mesh_from_voxels(output.occupancy[0], output.colors[0])
+
+    def to_voxels(self, output: ProxyResult) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first sample: ``occupancy bool [16, 16, 16]`` and ``colors float [16, 16, 16, 3]``."""
+        return output.occupancy[0], output.colors[0]
 
     def export(self, result: Any, folder: Path) -> list[str]:
         """``mesh.glb`` and ``comparison.png`` per sample (``mesh_1.glb``, ... after the first)."""

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from trellis_mv.proxy._data import make_shapes
 from trellis_mv.proxy._fast import PackedTexture, ViewBank, bank_bytes, build_bank, cosine_lr, ema_update, fast_losses
 from trellis_mv.proxy._models import ProxyConfig, ProxyModels, encode_structure, save_models
-from trellis_mv.proxy._render import NAMED_VIEWS, input_views
+from trellis_mv.proxy._pipeline import NAMED_VIEWS, input_views
 from trellis_mv.proxy._state import MAX_TOTAL, decode_rng, encode_rng, load_state, save_state, state_exists
 from trellis_mv.sparse import SparseTensor
 
@@ -467,7 +467,7 @@ def _train_fast(
         models = ProxyModels(config).to(dev)
     ema_models = copy.deepcopy(models).eval().requires_grad_(False)
     chunk = render_chunk or (1024 if dev.type == "cuda" else 64)
-    bank = build_bank(occ_all, col_all, bank_views, seed, dev, chunk=chunk, cache=bank_cache, verbose=verbose)
+    bank = build_bank(occ_all, col_all, bank_views, seed, dev, random_views, chunk=chunk, cache=bank_cache, verbose=verbose)
     t_bank = time.time() - t0 - t_data
     gen = torch.Generator(device=dev).manual_seed(seed)
     fast = FastStep(models, ema_models, bank, gen, batch, lr, cond_drop, ema, compile)

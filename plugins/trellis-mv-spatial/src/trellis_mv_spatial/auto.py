@@ -15,8 +15,9 @@ has, and candidates differ already in the structure stage. Cost: one generation 
 candidate (by default three N-view generations and N one-view ones, about 3 (N + 1) / 2 + N
 single-view generations with guidance), plus the renders.
 
-Rendering is model-specific: the default scorer renders the proxy's results
-(:class:`~trellis_mv.proxy.ProxyResult`); for another pipeline pass ``score=``, a function
+The default scorer renders voxel results (an output with ``occupancy`` and ``colors``, as
+:class:`~trellis_mv.proxy.ProxyResult`) with :mod:`trellis_mv.voxels`, against the views as
+the pipeline's ``prepare`` gives them; for another pipeline pass ``score=``, a function
 ``(result, images, cameras) -> per-view errors [N]`` (lower is better).
 
 >>> from trellis_mv.proxy import ProxyPipeline, make_shape, input_views, HELD_OUT_SEED
@@ -30,6 +31,7 @@ Rendering is model-specific: the default scorer renders the proxy's results
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +41,7 @@ import torch
 
 from trellis_mv import Patch, ViewError, parse_camera, run_multi_image
 from trellis_mv.run import StageSpec
+from trellis_mv.voxels import input_views
 
 __all__ = ["DEFAULT_CANDIDATES", "AutoResult", "auto_generate", "render_agreement"]
 
@@ -59,22 +62,38 @@ def _cameras(cameras: Sequence[Any], count: int, names: Any = None) -> list[Any]
     return parsed
 
 
-def render_agreement(result: Any, images: Sequence[Any], cameras: Sequence[Any], sample: int = 0) -> torch.Tensor:
-    """Per view, the mean absolute RGB difference between the proxy result rendered from its camera and the view.
+def _open(image: Any) -> Any:
+    from PIL import Image
 
-    :param result: a :class:`~trellis_mv.proxy.ProxyResult`.
-    :param images: the views as given to the pipeline (files, PIL images or ``[3, 64, 64]`` tensors).
+    return Image.open(image) if isinstance(image, (str, os.PathLike)) else image
+
+
+def _tensor(image: Any) -> torch.Tensor:
+    """A view as ``float [3, H, W]``: tensors as they are, images at their own size (RGBA composited on black)."""
+    if isinstance(image, torch.Tensor):
+        return image
+    rgba = torch.from_numpy(np.asarray(_open(image).convert("RGBA"), dtype=np.float32) / 255)
+    return (rgba[..., :3] * rgba[..., 3:]).permute(2, 0, 1)
+
+
+def render_agreement(result: Any, images: Sequence[Any], cameras: Sequence[Any], sample: int = 0, *,
+                     names: Mapping[str, Any] | None = None) -> torch.Tensor:
+    """Per view, the mean absolute RGB difference between a voxel result rendered from its camera and the view.
+
+    :param result: an output holding ``occupancy [B, R, R, R]`` and ``colors [B, R, R, R, 3]``
+        (a :class:`~trellis_mv.proxy.ProxyResult`).
+    :param images: the views as the model sees them (``[3, S, S]`` tensors, as the pipeline's
+        ``prepare`` gives them), or image files / PIL images, compared at their own size.
+    :param names: named cameras (the pipeline's ``named_cameras``; the proxy's ``front`` is raised).
     :returns: ``[N]`` errors in ``[0, 1]`` (0: the render reproduces the view).
     """
-    from trellis_mv.proxy import NAMED_VIEWS, input_views, preprocess
-
     if not (hasattr(result, "occupancy") and hasattr(result, "colors")):
-        raise TypeError(f"render_agreement renders the proxy's results; for a {type(result).__name__} pass "
+        raise TypeError(f"render_agreement renders voxel results; for a {type(result).__name__} pass "
                         "auto_generate(..., score=your_function(result, images, cameras) -> per-view errors)")
-    target = torch.stack([im if isinstance(im, torch.Tensor) else preprocess(im) for im in images]).float().cpu()
-    views = [(c.azimuth, c.elevation) for c in _cameras(cameras, len(images), NAMED_VIEWS)]
-    imgs = input_views(result.occupancy[sample], result.colors[sample], views, size=int(target.shape[-1]))
-    return (imgs - target).abs().mean((1, 2, 3))
+    target = torch.stack([_tensor(im) for im in images]).float()
+    imgs = input_views(result.occupancy[sample], result.colors[sample], _cameras(cameras, len(images), names),
+                       size=int(target.shape[-1]))
+    return (imgs - target.to(imgs.device)).abs().mean((1, 2, 3))
 
 
 @dataclass
@@ -130,7 +149,8 @@ def auto_generate(
         averaged over samples).
     :param run_kwargs: passed to every run (``seed``, ``params``, ``num_samples``, ``weights``, ...).
     """
-    cams = _cameras(cameras, len(images), getattr(pipeline, "named_cameras", None))
+    names = getattr(pipeline, "named_cameras", None)
+    cams = _cameras(cameras, len(images), names)
     pool: list[Candidate] = list(DEFAULT_CANDIDATES if candidates is None else candidates)
     if singles and len(images) > 1:
         pool += [f"single:view={i}" for i in range(len(images))]
@@ -138,8 +158,9 @@ def auto_generate(
         raise ValueError("auto_generate has no candidates; give candidates=[...] or singles=True")
 
     def default_score(result: Any, imgs: Sequence[Any], cs: Sequence[Any]) -> torch.Tensor:
+        seen = pipeline.prepare([_open(im) for im in imgs])  # the views as the model saw them
         n = int(result.occupancy.shape[0])
-        return torch.stack([render_agreement(result, imgs, cs, k) for k in range(n)]).mean(0)
+        return torch.stack([render_agreement(result, seen, cs, k, names=names) for k in range(n)]).mean(0)
 
     scorer = score or default_score
     best: tuple[float, str, Any, dict[str, Patch]] | None = None

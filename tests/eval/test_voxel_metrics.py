@@ -1,4 +1,4 @@
-"""Views, face visibility, the shape generator's components and the scores of the proxy model."""
+"""The proxy's views, face visibility, the shape generator's components and the voxel scores of its results."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from trellis_mv import camera_name, parse_camera
+from trellis_mv.eval import fscore, reference_iou
+from trellis_mv.eval import score_voxels as score
 from trellis_mv.proxy import (
     COMPONENTS,
     FACES,
@@ -17,20 +20,15 @@ from trellis_mv.proxy import (
     NAMED_VIEWS,
     PALETTE,
     VIEW_SETS,
-    fscore,
     make_shape,
     palette_index,
-    parse_view,
-    reference_iou,
     render,
-    score,
-    view_name,
     visible_faces,
 )
 
 
 def _camera_dir(view) -> np.ndarray:
-    az, el = (math.radians(a) for a in parse_view(view))
+    az, el = (math.radians(a) for a in parse_camera(view, NAMED_VIEWS))
     return np.array([math.sin(az) * math.cos(el), math.sin(el), math.cos(az) * math.cos(el)])
 
 
@@ -40,8 +38,22 @@ def test_named_views_look_down_25_degrees_and_view_sets():
     }
     assert NAMED_VIEWS["top"] == (0.0, 90.0)
     assert VIEW_SETS == {1: ["front"], 2: ["front", "right"], 4: ["front", "right", "back", "left"]}
-    assert parse_view("az30el20") == (30.0, 20.0) and parse_view("az90") == (90.0, 0.0)
-    assert view_name((270, 25)) == "left" and view_name((0, 0)) == "az0"
+    assert camera_name((270, 25), NAMED_VIEWS) == "left" and camera_name((0, 0), NAMED_VIEWS) == "0"
+
+
+def test_the_old_names_say_where_they_went():
+    import trellis_mv.proxy as proxy
+
+    with pytest.raises(ImportError, match=r"trellis_mv.proxy.score is now trellis_mv.eval.score_voxels"):
+        proxy.score  # noqa: B018
+    with pytest.raises(ImportError, match=r"HELDOUT_VIEWS is now trellis_mv.eval.HELD_OUT_VIEWS"):
+        from trellis_mv.proxy import HELDOUT_VIEWS  # noqa: F401
+    with pytest.warns(DeprecationWarning, match=r"trellis_mv.parse_camera with names=trellis_mv.proxy.NAMED_VIEWS"):
+        assert proxy.parse_view("back") == (180.0, 25.0)
+    with pytest.warns(DeprecationWarning, match=r"trellis_mv.camera_name"):
+        assert proxy.view_name((180, 25)) == "back"
+    with pytest.raises(AttributeError, match="no attribute 'scores'"):
+        proxy.scores  # noqa: B018
 
 
 @settings(max_examples=25, deadline=None)

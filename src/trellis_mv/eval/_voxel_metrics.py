@@ -1,6 +1,6 @@
-"""Accuracy of a generated voxel shape against the ground truth, and what the given views could tell.
+"""Accuracy of a generated voxel shape against the proxy's ground truth, and what the given views could tell.
 
-:func:`score` is the one entry point: shape accuracy (:func:`iou`, :func:`chamfer`,
+:func:`score_voxels` is the one entry point: shape accuracy (:func:`iou`, :func:`chamfer`,
 :func:`fscore`), fidelity to the views that were given (silhouette and colour), colour
 accuracy on the surface the first view does not show (split by whether another of the
 standard views shows it), and colour error of renders from viewpoints no standard view
@@ -20,13 +20,24 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from trellis_mv.proxy._data import COMPONENTS, HELD_OUT_SEED, Shape, make_shape, palette_index
-from trellis_mv.proxy._render import FACES, VIEW_SETS, View, parse_view, render, trace, visible_faces
+from trellis_mv.proxy import (  # the proxy's shapes, with its camera names
+    COMPONENTS,
+    HELD_OUT_SEED,
+    NAMED_VIEWS,
+    VIEW_SETS,
+    Shape,
+    View,
+    make_shape,
+    palette_index,
+    render,
+    visible_faces,
+)
+from trellis_mv.voxels import FACES, trace
 
-__all__ = ["HELDOUT_VIEWS", "NEAREST_VOXEL", "chamfer", "color_error", "fscore", "iou", "reference_iou", "score"]
+__all__ = ["HELD_OUT_VIEWS", "NEAREST_VOXEL", "chamfer", "color_error", "fscore", "iou", "reference_iou", "score_voxels"]
 
-#: Views no standard view set uses: the four diagonals from 30 degrees up (:func:`score`'s ``heldout_color_error``).
-HELDOUT_VIEWS: list[str] = ["az45el30", "az135el30", "az225el30", "az315el30"]
+#: Views no standard view set uses: the four diagonals from 30 degrees up (``heldout_color_error`` of :func:`score_voxels`).
+HELD_OUT_VIEWS: list[str] = ["az45el30", "az135el30", "az225el30", "az315el30"]
 #: A face whose voxel the result leaves empty takes the colour of the nearest occupied voxel of
 #: the result within this distance (in voxels; ``sqrt(3)`` reaches the 26 neighbours).
 NEAREST_VOXEL = math.sqrt(3)
@@ -105,7 +116,7 @@ def _face_colours(occ: torch.Tensor, col: torch.Tensor, true: np.ndarray) -> tor
     return out
 
 
-def score(
+def score_voxels(
     occupancy: torch.Tensor | np.ndarray,
     colors: torch.Tensor | np.ndarray,
     shape: Shape,
@@ -128,7 +139,7 @@ def score(
           rendered silhouette (64 px) with the ground truth's; ``first_silhouette_iou``:
           the same for ``given_views[0]`` alone (comparable across numbers of views).
         * ``given_color_acc``: over the pixels inside the true silhouette of each given view,
-          the fraction where the result shows the same colour (the nearest :data:`PALETTE`
+          the fraction where the result shows the same colour (the nearest :data:`~trellis_mv.proxy.PALETTE`
           entry of the albedo it shows equals the true albedo's; a pixel the result leaves
           empty is wrong).
         * ``hidden_color_acc_seen``: per-face colour accuracy over the true surface faces
@@ -138,10 +149,10 @@ def score(
         * ``hidden_color_acc_unseen``: the same over true surface faces (faces whose
           neighbour is empty) that no view of ``all_views`` sees.
         * ``heldout_color_error``: mean absolute RGB error of renders from
-          :data:`HELDOUT_VIEWS`, over pixels either shape covers.
+          :data:`HELD_OUT_VIEWS`, over pixels either shape covers.
 
     >>> s = make_shape(HELD_OUT_SEED)
-    >>> m = score(s.occupancy, s.colors, s, ["front"])
+    >>> m = score_voxels(s.occupancy, s.colors, s, ["front"])
     >>> [k for k, v in m.items() if v not in (0.0, 1.0)]
     []
     """
@@ -149,14 +160,14 @@ def score(
     col = torch.as_tensor(colors, dtype=torch.float32).cpu()
     true_occ = torch.from_numpy(shape.occupancy)
     true_col = torch.from_numpy(shape.colors)
-    given = [parse_view(v) for v in given_views]
+    given = list(given_views)
     if not given:
         raise ValueError("given_views is empty: pass the views the result was generated from, e.g. ['front']")
     out = {"iou": iou(occ, true_occ), "chamfer": chamfer(occ, true_occ), "fscore": fscore(occ, true_occ)}
 
     # given views: silhouettes and colours
-    pred_hits = trace(occ[None], given, _SIZE)
-    true_hits = trace(true_occ[None], given, _SIZE)
+    pred_hits = trace(occ[None], given, _SIZE, names=NAMED_VIEWS)
+    true_hits = trace(true_occ[None], given, _SIZE, names=NAMED_VIEWS)
     inter = (pred_hits.hit & true_hits.hit).flatten(1).sum(1).float()
     union = (pred_hits.hit | true_hits.hit).flatten(1).sum(1).float()
     per_view = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
@@ -184,7 +195,7 @@ def score(
     for key, faces in hidden.items():
         n = faces.sum().item()
         out[key] = (face_ok & faces).sum().item() / n if n else float("nan")
-    out["heldout_color_error"] = color_error(occ, col, true_occ, true_col, HELDOUT_VIEWS, size=_SIZE)
+    out["heldout_color_error"] = color_error(occ, col, true_occ, true_col, HELD_OUT_VIEWS, size=_SIZE)
     return out
 
 
@@ -211,10 +222,10 @@ def reference_iou(shape: Shape, given_views: Sequence[str | View], samples: int 
     >>> 0 <= ref["random"] < ref["ideal"] <= 1
     True
     """
-    given = [parse_view(v) for v in given_views]
+    given = list(given_views)
     occ = torch.from_numpy(shape.occupancy)
     ref_img, ref_mask = render(occ, torch.from_numpy(shape.colors), given, size=_SIZE)
-    hits = trace(occ[None], given, _SIZE)
+    hits = trace(occ[None], given, _SIZE, names=NAMED_VIEWS)
     v = hits.voxel[hits.hit]
     shown = {int(k) for k in np.unique(shape.labels[v[:, 0].numpy(), v[:, 1].numpy(), v[:, 2].numpy()])}
     hidden = [k for k in range(len(COMPONENTS)) if k not in shown]

@@ -1,92 +1,57 @@
-"""Orthographic ray-traced renders of voxel shapes from named views, in torch.
+"""Voxel grids as images and meshes, on the grid's own device: rays, renders, visible faces, meshes.
 
-Views are ``(azimuth, elevation)`` in degrees. The named views ``front`` (camera towards
-``+z``), ``right`` (``+x``), ``back`` and ``left`` look down at an elevation of 25 degrees,
-so that an image shows depth as well as width and height; ``top`` looks straight down
-(``+y``, image up towards the back). ``az30`` (elevation 0) or ``az30el20`` name any other.
-:data:`VIEW_SETS` are the standard sets of 1, 2 and 4 views.
+Model-free: any adapter whose output holds an occupancy grid ``bool [R, R, R]`` with colours
+``float [R, R, R, 3]`` can render and mesh it here, on the tensors' device. Voxel ``[x, y, z]``
+spans ``[-1, 1]^3``, ``+y`` up, the front camera on ``+z`` (trellis-mv's object frame).
 
-Every pixel casts one ray through the grid and stops at the first occupied voxel (an
-exact voxel traversal, so each pixel knows the voxel and the face it sees:
-:func:`visible_faces`). The light is fixed to the world (a sun above, right and in
-front), so each face direction has its own brightness and an image tells the direction
-it was seen from. The background is black, as TRELLIS.2's preprocessing composites on
-black. The image spans ``[-1, 1]`` in both directions.
+Cameras are anything :func:`trellis_mv.parse_camera` reads (``"front"``, ``"90,20"``,
+``"az30el20"``, ``(azimuth, elevation)``, a :class:`~trellis_mv.Camera`); ``names`` are the
+adapter's ``named_cameras`` (the proxy's ``front`` is raised 25 degrees), else the core's
+(``front`` is level). Renders are orthographic and span ``[-1, 1]`` in both directions; each
+pixel's ray stops at the first occupied voxel (an exact voxel traversal, so each pixel knows
+the voxel and the face it sees: :func:`visible_faces`). The light is fixed to the world (a sun
+above, right and in front), so each face direction has its own brightness and an image tells
+the direction it was seen from. The background is black, as TRELLIS.2's preprocessing's.
 
->>> from trellis_mv.proxy._data import make_shape
->>> s = make_shape(3)
->>> img, mask = render(s.occupancy, s.colors, ["front", "az45el30"], size=32)
->>> tuple(img.shape), tuple(mask.shape)
-((2, 3, 32, 32), (2, 32, 32))
+>>> occ = torch.zeros(16, 16, 16, dtype=torch.bool); occ[4:12, 4:10, 6:10] = True
+>>> img, mask = render(occ, torch.ones(16, 16, 16, 3), ["front", "az45el30"], size=32)
+>>> tuple(img.shape), tuple(mask.shape), mask[0].sum().item(), mask[0, 16].tolist() == [False] * 8 + [True] * 16 + [False] * 8
+((2, 3, 32, 32), (2, 32, 32), 192, True)
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
 import torch
 
-__all__ = ["FACES", "NAMED_VIEWS", "VIEW_SETS", "View", "input_views", "parse_view", "render", "view_name", "visible_faces"]
+from trellis_mv._views import parse_camera
 
-View = tuple[float, float]
-#: Elevation of the named side views, in degrees.
-ELEVATION = 25.0
-NAMED_VIEWS: dict[str, View] = {
-    "front": (0.0, ELEVATION),
-    "right": (90.0, ELEVATION),
-    "back": (180.0, ELEVATION),
-    "left": (270.0, ELEVATION),
-    "top": (0.0, 90.0),
-}
-#: The standard view sets by number of views: each adds the side the others show least.
-VIEW_SETS: dict[int, list[str]] = {1: ["front"], 2: ["front", "right"], 4: ["front", "right", "back", "left"]}
+if TYPE_CHECKING:
+    import trimesh
+
+__all__ = ["FACES", "Hits", "input_views", "mesh_from_voxels", "render", "trace", "visible_faces"]
+
 #: Face order of :func:`visible_faces`: ``(axis, sign)`` of each face's outward normal.
 FACES: tuple[tuple[int, int], ...] = ((0, 1), (0, -1), (1, 1), (1, -1), (2, 1), (2, -1))
+#: Per face of :data:`FACES`, the 4 corners of a unit cube's face, counter-clockwise seen from outside.
+_CORNERS = torch.tensor([
+    [(1, 0, 0), (1, 1, 0), (1, 1, 1), (1, 0, 1)], [(0, 0, 0), (0, 0, 1), (0, 1, 1), (0, 1, 0)],
+    [(0, 1, 0), (0, 1, 1), (1, 1, 1), (1, 1, 0)], [(0, 0, 0), (1, 0, 0), (1, 0, 1), (0, 0, 1)],
+    [(0, 0, 1), (1, 0, 1), (1, 1, 1), (0, 1, 1)], [(0, 0, 0), (0, 1, 0), (1, 1, 0), (1, 0, 0)],
+])
 _LIGHT = torch.tensor([0.3, 0.8, 0.52])
 _LIGHT = _LIGHT / _LIGHT.norm()
-_VIEW_RE = re.compile(r"^az(-?\d+(?:\.\d+)?)(?:el(-?\d+(?:\.\d+)?))?$")
+Cameras = Sequence[Any]
 
 
-def parse_view(view: str | View) -> View:
-    """``(azimuth, elevation)`` of a view name or pair.
-
-    >>> parse_view("back"), parse_view("az30el20"), parse_view("az30"), parse_view((45, 10))
-    ((180.0, 25.0), (30.0, 20.0), (30.0, 0.0), (45.0, 10.0))
-    """
-    if isinstance(view, str):
-        key = view.strip().lower()
-        if key in NAMED_VIEWS:
-            return NAMED_VIEWS[key]
-        m = _VIEW_RE.match(key)
-        if not m:
-            raise ValueError(
-                f"unknown view {view!r}: expected one of {sorted(NAMED_VIEWS)} or 'az<degrees>[el<degrees>]', e.g. 'az30el20'"
-            )
-        return float(m.group(1)) % 360, float(m.group(2) or 0.0)
-    az, el = view
-    return float(az) % 360, float(el)
-
-
-def view_name(view: str | View) -> str:
-    """A canonical name for a view (a named one when it is one).
-
-    >>> view_name((180, 25)), view_name("az30el20"), view_name((45.0, 0.0)), view_name("az0")
-    ('back', 'az30el20', 'az45', 'az0')
-    """
-    az, el = parse_view(view)
-    for name, v in NAMED_VIEWS.items():
-        if abs(v[0] - az) < 1e-6 and abs(v[1] - el) < 1e-6:
-            return name
-    fmt = lambda a: f"{a:g}"
-    return f"az{fmt(az)}" + (f"el{fmt(el)}" if el else "")
-
-
-def _camera(view: View) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    az, el = (math.radians(a) for a in view)
+def _camera(camera: Any, names: Mapping[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    cam = parse_camera(camera, names)
+    if cam is None:
+        raise ValueError("a camera is None; every image needs one (a name, 'AZ,EL' or an (azimuth, elevation) pair)")
+    az, el = math.radians(cam.azimuth), math.radians(cam.elevation)
     c = torch.tensor([math.sin(az) * math.cos(el), math.sin(el), math.cos(az) * math.cos(el)], dtype=torch.float64)
     right = torch.tensor([math.cos(az), 0.0, -math.sin(az)], dtype=torch.float64)
     up = torch.linalg.cross(c, right)
@@ -102,8 +67,8 @@ class Hits(NamedTuple):
     face: torch.Tensor
 
 
-def trace(occupancy: torch.Tensor, views: Sequence[str | View], size: int) -> Hits:
-    """Cast one orthographic ray per pixel through ``occupancy`` (``bool [B, R, R, R]``, ``B`` 1 or ``len(views)``).
+def trace(occupancy: torch.Tensor, cameras: Cameras, size: int, *, names: Mapping[str, Any] | None = None) -> Hits:
+    """Cast one orthographic ray per pixel through ``occupancy`` (``bool [B, R, R, R]``, ``B`` 1 or ``len(cameras)``).
 
     An exact grid traversal (Amanatides and Woo, 1987): the ray steps from voxel to voxel
     across one face at a time, so the first occupied voxel and the face it is entered by
@@ -113,10 +78,10 @@ def trace(occupancy: torch.Tensor, views: Sequence[str | View], size: int) -> Hi
     occ = occupancy
     dev = occ.device
     b, r = occ.shape[0], occ.shape[1]
-    cams = [_camera(parse_view(v)) for v in views]
+    cams = [_camera(v, names) for v in cameras]
     nv = len(cams)
     if b not in (1, nv):
-        raise ValueError(f"render got {b} shapes and {nv} views; pass one view per shape or one shape")
+        raise ValueError(f"render got {b} shapes and {nv} cameras; pass one camera per shape or one shape")
     hit = torch.zeros(nv * size * size, dtype=torch.bool, device=dev)
     hit_vox = torch.zeros((nv * size * size, 3), dtype=torch.long, device=dev)
     hit_axis = torch.zeros(nv * size * size, dtype=torch.long, device=dev)
@@ -172,7 +137,7 @@ def trace(occupancy: torch.Tensor, views: Sequence[str | View], size: int) -> Hi
     return Hits(hit.reshape(nv, size, size), hit_vox.reshape(nv, size, size, 3), face.reshape(nv, size, size))
 
 
-def _as_batch(occupancy: np.ndarray | torch.Tensor, colors: np.ndarray | torch.Tensor | None = None):
+def _as_batch(occupancy: Any, colors: Any = None) -> tuple[torch.Tensor, Any]:
     occ = torch.as_tensor(occupancy)
     if occ.ndim == 3:
         occ = occ[None]
@@ -184,25 +149,21 @@ def _as_batch(occupancy: np.ndarray | torch.Tensor, colors: np.ndarray | torch.T
 
 
 def render(
-    occupancy: np.ndarray | torch.Tensor,
-    colors: np.ndarray | torch.Tensor,
-    views: Sequence[str | View],
-    size: int = 64,
-    samples: int | None = None,
+    occupancy: Any, colors: Any, cameras: Cameras, size: int = 64, *, names: Mapping[str, Any] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render a voxel shape (or a batch of them) from each of ``views``.
+    """Render a voxel shape (or a batch of them) from each of ``cameras``, on the shape's device.
 
-    :param occupancy: ``[R, R, R]`` or ``[B, R, R, R]`` (bool or float > 0.5).
+    :param occupancy: ``[R, R, R]`` or ``[B, R, R, R]`` (bool or float > 0.5; tensors or arrays).
     :param colors: ``[(B,) R, R, R, 3]`` albedo in ``[0, 1]``.
-    :param views: one view per output image; with a batch, one view per batch item
-        (``len(views) == B``) or one list shared by all items when ``B == 1``.
+    :param cameras: one camera per output image; with a batch, one camera per batch item
+        (``len(cameras) == B``) or one list shared by all items when ``B == 1``.
     :param size: image side in pixels.
-    :param samples: ignored (the traversal is exact); kept for callers of earlier versions.
+    :param names: named cameras (an adapter's ``named_cameras``).
     :returns: ``images float [V, 3, size, size]`` in ``[0, 1]`` and ``mask bool [V, size, size]``.
     """
     occ, col = _as_batch(occupancy, colors)
-    hits = trace(occ, views, size)
-    nv = len(views)
+    hits = trace(occ, cameras, size, names=names)
+    nv = len(cameras)
     dev = occ.device
     normal = torch.zeros((*hits.face.shape, 3), device=dev)
     normal.scatter_(-1, (hits.face // 2)[..., None], (1 - 2 * (hits.face % 2)).float()[..., None])
@@ -214,8 +175,9 @@ def render(
     return img.permute(0, 3, 1, 2).clamp(0, 1).contiguous(), hits.hit
 
 
-def visible_faces(occupancy: np.ndarray | torch.Tensor, views: Sequence[str | View], size: int | None = None) -> torch.Tensor:
-    """Which voxel faces each view sees: ``bool [V, 6, R, R, R]``, faces in the order of :data:`FACES`.
+def visible_faces(occupancy: Any, cameras: Cameras, size: int | None = None, *, names: Mapping[str, Any] | None = None
+                  ) -> torch.Tensor:
+    """Which voxel faces each camera sees: ``bool [V, 6, R, R, R]``, faces in the order of :data:`FACES`.
 
     A face is visible from a view when at least one pixel's ray enters the grid through
     empty space and meets that face first, at a resolution of ``size`` pixels (default
@@ -224,11 +186,12 @@ def visible_faces(occupancy: np.ndarray | torch.Tensor, views: Sequence[str | Vi
     from the camera and faces hidden behind other voxels are never visible.
 
     :param occupancy: one shape, ``[R, R, R]`` (bool or float > 0.5).
-    :param views: the views, names or ``(azimuth, elevation)`` pairs.
+    :param cameras: the cameras (see the module's description).
     :param size: the resolution of the traversal, in pixels.
+    :param names: named cameras (an adapter's ``named_cameras``).
 
     >>> occ = torch.zeros(16, 16, 16, dtype=torch.bool); occ[5, 5, 5] = True
-    >>> vis = visible_faces(occ, ["front", "top"])
+    >>> vis = visible_faces(occ, ["0,25", "top"])
     >>> [FACES[f] for f in vis[0].nonzero()[:, 0].tolist()], [FACES[f] for f in vis[1].nonzero()[:, 0].tolist()]
     ([(1, 1), (2, 1)], [(1, 1)])
     """
@@ -236,8 +199,8 @@ def visible_faces(occupancy: np.ndarray | torch.Tensor, views: Sequence[str | Vi
     if occ.shape[0] != 1:
         raise ValueError(f"visible_faces takes one shape [R, R, R], got occupancy of shape {tuple(occ.shape)}")
     r = occ.shape[1]
-    hits = trace(occ, views, size or 12 * r)
-    nv = len(views)
+    hits = trace(occ, cameras, size or 12 * r, names=names)
+    nv = len(cameras)
     out = torch.zeros(nv * 6 * r**3, dtype=torch.bool, device=occ.device)
     v = torch.arange(nv, device=occ.device)[:, None, None].expand(hits.hit.shape)
     vx = hits.voxel
@@ -246,21 +209,52 @@ def visible_faces(occupancy: np.ndarray | torch.Tensor, views: Sequence[str | Vi
     return out.reshape(nv, 6, r, r, r)
 
 
-def input_views(
-    occupancy: np.ndarray | torch.Tensor,
-    colors: np.ndarray | torch.Tensor,
-    views: Sequence[str | View],
-    size: int = 64,
-    samples: int | None = None,
-) -> torch.Tensor:
-    """The views a user would pass the model: rendered at twice ``size``, box-filtered to ``size``.
+def input_views(occupancy: Any, colors: Any, cameras: Cameras, size: int = 64, *, names: Mapping[str, Any] | None = None
+                ) -> torch.Tensor:
+    """The views a user would pass a model: rendered at twice ``size``, box-filtered to ``size``.
 
-    This is what preprocessing a larger photo gives, and what the model was trained on.
+    This is what preprocessing a larger photo gives (and what the proxy was trained on).
 
-    >>> from trellis_mv.proxy import make_shape
-    >>> s = make_shape(0)
-    >>> tuple(input_views(s.occupancy, s.colors, ["front", "back"]).shape)
+    >>> occ = torch.zeros(16, 16, 16, dtype=torch.bool); occ[4:12, 4:12, 4:12] = True
+    >>> tuple(input_views(occ, torch.ones(16, 16, 16, 3), ["front", "back"]).shape)
     (2, 3, 64, 64)
     """
-    images, _ = render(occupancy, colors, views, size=2 * size)
+    images, _ = render(occupancy, colors, cameras, size=2 * size, names=names)
     return torch.nn.functional.avg_pool2d(images, 2)
+
+
+def mesh_from_voxels(occupancy: Any, colors: Any) -> trimesh.Trimesh:
+    """A ``trimesh.Trimesh`` of the exposed voxel faces of one grid, with per-vertex colours, in ``[-1, 1]^3``.
+
+    The faces are found on the grid's device; only the finished mesh comes to the CPU.
+
+    >>> occ = torch.zeros(16, 16, 16, dtype=torch.bool); occ[3, 4, 5] = True
+    >>> m = mesh_from_voxels(occ, torch.ones(16, 16, 16, 3))
+    >>> len(m.faces), len(m.vertices), m.bounds.tolist()
+    (12, 24, [[-0.625, -0.5, -0.375], [-0.5, -0.375, -0.25]])
+    """
+    import trimesh
+
+    occ, col = _as_batch(occupancy, colors)
+    if occ.shape[0] != 1:
+        raise ValueError(f"mesh_from_voxels takes one grid [R, R, R], got occupancy of shape {tuple(occ.shape)}")
+    occ, col = occ[0], col[0]
+    r = occ.shape[0]
+    padded = torch.nn.functional.pad(occ, (1, 1, 1, 1, 1, 1))
+    corners, tris = _CORNERS.to(occ.device), torch.tensor([[0, 1, 2], [0, 2, 3]], device=occ.device)
+    verts, faces, vcol = [], [], []
+    n = 0
+    for f, (axis, sign) in enumerate(FACES):
+        vox = (occ & ~torch.roll(padded, -sign, axis)[1 : r + 1, 1 : r + 1, 1 : r + 1]).nonzero()
+        verts.append((vox[:, None, :] + corners[f][None]).reshape(-1, 3))
+        idx = n + torch.arange(len(vox), device=occ.device)[:, None] * 4
+        faces.append(torch.cat([idx + tris[0], idx + tris[1]]))
+        vcol.append(col[vox[:, 0], vox[:, 1], vox[:, 2]].repeat_interleave(4, 0))
+        n += len(vox) * 4
+    if n == 0:
+        return trimesh.Trimesh()
+    v = torch.cat(verts).float() / (r / 2) - 1
+    rgb = (torch.cat(vcol).clamp(0, 1) * 255).round().to(torch.uint8)
+    rgba = torch.cat([rgb, torch.full_like(rgb[:, :1], 255)], 1)
+    return trimesh.Trimesh(vertices=v.cpu().numpy(), faces=torch.cat(faces).cpu().numpy(), vertex_colors=rgba.cpu().numpy(),
+                           process=False)
