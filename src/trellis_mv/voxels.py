@@ -67,13 +67,18 @@ class Hits(NamedTuple):
     face: torch.Tensor
 
 
-def trace(occupancy: torch.Tensor, cameras: Cameras, size: int, *, names: Mapping[str, Any] | None = None) -> Hits:
+def trace(occupancy: torch.Tensor, cameras: Cameras, size: int, *, names: Mapping[str, Any] | None = None,
+          compact: bool | None = None) -> Hits:
     """Cast one orthographic ray per pixel through ``occupancy`` (``bool [B, R, R, R]``, ``B`` 1 or ``len(cameras)``).
 
     An exact grid traversal (Amanatides and Woo, 1987): the ray steps from voxel to voxel
     across one face at a time, so the first occupied voxel and the face it is entered by
-    are exact at any resolution. Rays start where they enter the box around the occupied
-    voxels and only rays still in flight are stepped.
+    are exact at any resolution. Rays start where they enter the box around their shape's
+    occupied voxels and take at most ``3 R`` steps. On a GPU every ray takes every step,
+    masked once it has hit or left its box: fixed shapes, no host synchronisation, a whole
+    batch of shapes and cameras at once. On a CPU, where synchronising is free and work on
+    finished rays is not, finished rays are dropped after each step (``compact``: force either;
+    both give the same hits).
     """
     occ = occupancy
     dev = occ.device
@@ -82,14 +87,6 @@ def trace(occupancy: torch.Tensor, cameras: Cameras, size: int, *, names: Mappin
     nv = len(cams)
     if b not in (1, nv):
         raise ValueError(f"render got {b} shapes and {nv} cameras; pass one camera per shape or one shape")
-    hit = torch.zeros(nv * size * size, dtype=torch.bool, device=dev)
-    hit_vox = torch.zeros((nv * size * size, 3), dtype=torch.long, device=dev)
-    hit_axis = torch.zeros(nv * size * size, dtype=torch.long, device=dev)
-    hit_step = torch.zeros((nv * size * size, 3), dtype=torch.long, device=dev)
-    cells = occ.any(0).nonzero()
-    if len(cells) == 0:
-        return Hits(hit.reshape(nv, size, size), hit_vox.reshape(nv, size, size, 3), hit_axis.reshape(nv, size, size))
-    lo, hi = cells.min(0).values.double(), cells.max(0).values.double() + 1
     c = torch.stack([k[0] for k in cams]).to(dev)
     right = torch.stack([k[1] for k in cams]).to(dev)
     up = torch.stack([k[2] for k in cams]).to(dev)
@@ -102,37 +99,58 @@ def trace(occupancy: torch.Tensor, cameras: Cameras, size: int, *, names: Mappin
     d = torch.where(d.abs() > 1e-9, d, torch.zeros_like(d))
     d = d[:, None, :].expand(nv, size * size, 3).reshape(-1, 3)
     inv = torch.where(d != 0, 1.0 / d, torch.full_like(d, math.inf))
+    n = len(g0)
+    item = torch.arange(n, device=dev) // (size * size) if b > 1 else torch.zeros(n, dtype=torch.long, device=dev)
+    # each shape's box around its occupied voxels, per axis, without leaving the device
+    cells = torch.arange(r, device=dev)
+    proj = torch.stack([occ.any(dims[0]).any(dims[1] - 1) for dims in ((2, 3), (1, 3), (1, 2))], 1)  # [B, 3, R]
+    lo_b = torch.where(proj, cells, r).amin(-1)
+    hi_b = torch.where(proj, cells + 1, 0).amax(-1)
+    lo_l, hi_l = lo_b[item], hi_b[item]  # [n, 3]
+    lo, hi = lo_l.double(), hi_l.double()
     t_lo = torch.minimum((lo - g0) * inv, (hi - g0) * inv).nan_to_num(-math.inf)
     t_hi = torch.maximum((lo - g0) * inv, (hi - g0) * inv).nan_to_num(math.inf)
     t_in, axis = t_lo.max(-1)
-    ray = (t_in < t_hi.min(-1).values).nonzero()[:, 0]  # rays that cross the box
-    g0, d, inv, axis, t_in = g0[ray], d[ray], inv[ray], axis[ray], t_in[ray]
+    alive = (t_in < t_hi.min(-1).values) & (hi_l > lo_l).all(-1)  # rays that cross their shape's box
     step = torch.sign(d).long()
-    vox = torch.floor(g0 + (t_in[:, None] + 1e-9) * d).long()
-    vox = torch.minimum(torch.maximum(vox, lo.long()), hi.long() - 1)
+    vox = torch.floor(g0 + (t_in.nan_to_num(0.0, 0.0, 0.0)[:, None] + 1e-9) * d).long()
+    vox = torch.minimum(torch.maximum(vox, lo_l), (hi_l - 1).clamp_min(0))
     nxt = torch.where(step > 0, vox + 1, vox).double()
     t_max = torch.where(step != 0, (nxt - g0) * inv, torch.full_like(g0, math.inf))
     t_delta = torch.where(step != 0, inv.abs(), torch.full_like(g0, math.inf))
     flat = occ.reshape(b, -1)
-    item = ray // (size * size) if b > 1 else torch.zeros_like(ray)
     stride = torch.tensor([r * r, r, 1], device=dev)
-    lo_l, hi_l = lo.long(), hi.long()
-    while len(ray):
-        now = flat[item, (vox * stride).sum(-1)]
-        if now.any():
+    hit = torch.zeros(n, dtype=torch.bool, device=dev)
+    hit_vox = torch.zeros((n, 3), dtype=torch.long, device=dev)
+    hit_axis = torch.zeros(n, dtype=torch.long, device=dev)
+    compact = dev.type == "cpu" if compact is None else compact
+    ray = torch.arange(n, device=dev)
+    if compact:
+        ray, vox, t_max, t_delta, step, axis, item, lo_l, hi_l = (
+            a[alive] for a in (ray, vox, t_max, t_delta, step, axis, item, lo_l, hi_l))
+        alive = alive[alive]
+    for _ in range(3 * r):
+        inside = ((vox >= lo_l) & (vox < hi_l)).all(-1)
+        now = alive & inside & flat[item, (vox.clamp(0, r - 1) * stride).sum(-1)]
+        if compact:
             done = ray[now]
-            hit[done] = True
-            hit_vox[done] = vox[now]
-            hit_axis[done] = axis[now]
-            hit_step[done] = step[now]
+            hit[done], hit_vox[done], hit_axis[done] = True, vox[now], axis[now]
+        else:
+            hit, hit_vox, hit_axis = hit | now, torch.where(now[:, None], vox, hit_vox), torch.where(now, axis, hit_axis)
+        alive = alive & inside & ~now
         axis = t_max.argmin(-1)
         one = torch.nn.functional.one_hot(axis, 3).bool()
         vox = torch.where(one, vox + step, vox)
         t_max = torch.where(one, t_max + t_delta, t_max)
-        keep = ~now & ((vox >= lo_l) & (vox < hi_l)).all(-1)
-        ray, vox, t_max, t_delta, step, axis, item = (a[keep] for a in (ray, vox, t_max, t_delta, step, axis, item))
+        if compact:
+            ray, vox, t_max, t_delta, step, axis, item, lo_l, hi_l = (
+                a[alive] for a in (ray, vox, t_max, t_delta, step, axis, item, lo_l, hi_l))
+            alive = alive[alive]
+            if not len(ray):
+                break
     # the face entered faces the camera: its outward normal is -step along the entry axis
-    sign = -hit_step.gather(-1, hit_axis[:, None])[:, 0]
+    steps = torch.sign(d).long()
+    sign = -steps.gather(-1, hit_axis[:, None])[:, 0]
     face = 2 * hit_axis + (sign < 0).long()
     return Hits(hit.reshape(nv, size, size), hit_vox.reshape(nv, size, size, 3), face.reshape(nv, size, size))
 
