@@ -16,25 +16,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from trellis_mv._views import parse_camera
 from trellis_mv.proxy import (  # the proxy's shapes, with its camera names
     COMPONENTS,
     HELD_OUT_SEED,
     NAMED_VIEWS,
+    PALETTE,
     VIEW_SETS,
     Shape,
     View,
     make_shape,
-    palette_index,
     render,
     visible_faces,
 )
 from trellis_mv.voxels import FACES, trace
 
-__all__ = ["HELD_OUT_VIEWS", "NEAREST_VOXEL", "chamfer", "color_error", "fscore", "iou", "reference_iou", "score_voxels"]
+__all__ = ["HELD_OUT_VIEWS", "NEAREST_VOXEL", "VoxelTruth", "chamfer", "color_error", "fscore", "iou", "reference_iou",
+           "score_voxels", "score_voxels_batch"]
 
 #: Views no standard view set uses: the four diagonals from 30 degrees up (``heldout_color_error`` of :func:`score_voxels`).
 HELD_OUT_VIEWS: list[str] = ["az45el30", "az135el30", "az225el30", "az315el30"]
@@ -94,25 +97,179 @@ def color_error(
     return (a - b).abs()[m].mean().item() if m.any() else 0.0
 
 
-def _face_colours(occ: torch.Tensor, col: torch.Tensor, true: np.ndarray) -> torch.Tensor:
-    """Palette index the result gives each voxel position in ``true`` (``long [R, R, R]``, -1 where it gives none).
+_DISTANCE_SLACK = 1e-6
+
+
+def _palette_labels(colors: torch.Tensor) -> torch.Tensor:
+    """:func:`~trellis_mv.proxy.palette_index` in torch, on the colours' device: ``[..., 3]`` to ``long [...]``."""
+    pal = torch.tensor(PALETTE, dtype=torch.float32, device=colors.device)
+    return ((colors.float()[..., None, :] - pal) ** 2).sum(-1).argmin(-1)
+
+
+def _squared_distance_to(occupancy: torch.Tensor) -> torch.Tensor:
+    """Exact squared distance from every cell to the nearest occupied one, ``[B, R, R, R]`` (inf where none is).
+
+    Separable: the minimum over the occupied cells of ``dx^2 + dy^2 + dz^2`` is taken one axis at
+    a time, each pass a ``[B, R, R, R, R]`` minimum: fixed shapes, on the device, a batch at once.
+    """
+    r = occupancy.shape[-1]
+    cells = torch.arange(r, device=occupancy.device, dtype=torch.float32)
+    sq = (cells[:, None] - cells[None, :]) ** 2  # [R (to), R (from)]
+    dist = torch.where(occupancy, 0.0, math.inf)
+    for axis in (1, 2, 3):
+        moved = dist.movedim(axis, -1)  # [..., R (from)]
+        moved = (moved[..., None, :] + sq).amin(-1)  # [..., R (to)]
+        dist = moved.movedim(-1, axis)
+    return dist
+
+
+def _neighbour_offsets(r: int, device: torch.device) -> list[tuple[int, int, int]]:
+    """The offsets within :data:`NEAREST_VOXEL`, nearest first, ties in grid order (the nearest voxel's rule)."""
+    offsets = [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)
+               if math.sqrt(x * x + y * y + z * z) <= NEAREST_VOXEL + _DISTANCE_SLACK]
+    return sorted(offsets, key=lambda o: (o[0] ** 2 + o[1] ** 2 + o[2] ** 2, (o[0] * r + o[1]) * r + o[2]))
+
+
+def _face_labels(occ: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Palette index the result gives each cell (``long [B, R, R, R]``, -1 where it gives none).
 
     The result's own voxel where it is occupied, else its nearest occupied voxel within
-    :data:`NEAREST_VOXEL`, else none (counted wrong).
+    :data:`NEAREST_VOXEL` (ties to the first in grid order), else none (counted wrong).
     """
-    r = occ.shape[0]
-    out = torch.full((r, r, r), -1, dtype=torch.long)
-    pts = torch.from_numpy(np.argwhere(true)).float()
-    have = occ.nonzero()
-    if len(pts) == 0 or len(have) == 0:
-        return out
-    d = torch.cdist(pts, have.float())
-    dist, j = d.min(1)
-    src = have[j]
-    idx = torch.from_numpy(palette_index(col[src[:, 0], src[:, 1], src[:, 2]].numpy()))
-    idx[dist > NEAREST_VOXEL + 1e-6] = -1
-    p = pts.long()
-    out[p[:, 0], p[:, 1], p[:, 2]] = idx
+    r = occ.shape[-1]
+    pad_occ = torch.nn.functional.pad(occ, (1, 1, 1, 1, 1, 1))
+    pad_lab = torch.nn.functional.pad(labels, (1, 1, 1, 1, 1, 1), value=-1)
+    out = torch.full_like(labels, -1)
+    for x, y, z in reversed(_neighbour_offsets(r, occ.device)):  # the nearest written last, so it wins
+        window = (slice(None), slice(1 + x, 1 + x + r), slice(1 + y, 1 + y + r), slice(1 + z, 1 + z + r))
+        out = torch.where(pad_occ[window], pad_lab[window], out)
+    return out
+
+
+def _surface(occupancy: torch.Tensor) -> torch.Tensor:
+    """The faces of occupied cells whose neighbour is empty, ``bool [6, R, R, R]`` in the order of :data:`FACES`."""
+    r = occupancy.shape[-1]
+    padded = torch.nn.functional.pad(occupancy, (1, 1, 1, 1, 1, 1))
+    faces = []
+    for axis, sign in FACES:
+        neighbour = torch.roll(padded, -sign, axis)[1 : r + 1, 1 : r + 1, 1 : r + 1]
+        faces.append(occupancy & ~neighbour)
+    return torch.stack(faces)
+
+
+class VoxelTruth:
+    """The ground truth's side of every voxel score of one object, on one device, computed once for all its jobs.
+
+    What does not depend on the result (the true silhouettes and colours seen from each
+    camera, the faces each camera sees, the surface, the renders from :data:`HELD_OUT_VIEWS`)
+    is computed on first use and kept, so an object's many jobs (aggregators, view counts,
+    seeds) pay for it once.
+    """
+
+    def __init__(self, shape: Shape, device: torch.device | str = "cpu", all_views: Sequence[Any] = VIEW_SETS[4]) -> None:
+        self.shape = shape
+        self.device = torch.device(device)
+        self.occupancy = torch.from_numpy(shape.occupancy).to(self.device)
+        self.colors = torch.from_numpy(shape.colors).to(self.device)
+        self.labels = _palette_labels(self.colors)
+        self.surface = _surface(self.occupancy)
+        self.seen_any = visible_faces(self.occupancy, list(all_views)).any(0)
+        self.heldout = render(self.occupancy, self.colors, HELD_OUT_VIEWS, size=_SIZE)
+        self._views: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._seen: dict[Any, torch.Tensor] = {}
+
+    def view(self, camera: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The true silhouette ``bool [S, S]`` and the palette index each pixel shows ``long [S, S]``, from ``camera``."""
+        key = parse_camera(camera, NAMED_VIEWS)
+        if key not in self._views:
+            hits = trace(self.occupancy[None], [key], _SIZE)
+            vx = hits.voxel[0]
+            self._views[key] = (hits.hit[0], self.labels[vx[..., 0], vx[..., 1], vx[..., 2]])
+        return self._views[key]
+
+    def seen(self, camera: Any) -> torch.Tensor:
+        """The faces ``camera`` sees, ``bool [6, R, R, R]``."""
+        key = parse_camera(camera, NAMED_VIEWS)
+        if key not in self._seen:
+            self._seen[key] = visible_faces(self.occupancy, [key])[0]
+        return self._seen[key]
+
+
+def score_voxels_batch(
+    occupancy: torch.Tensor, colors: torch.Tensor, truths: Sequence[VoxelTruth], given_views: Sequence[Sequence[Any]]
+) -> dict[str, torch.Tensor]:
+    """:func:`score_voxels` of ``B`` results at once, on their device: every measure as a ``float64 [B]`` tensor.
+
+    :param occupancy: ``bool [B, R, R, R]``; :param colors: ``float [B, R, R, R, 3]``.
+    :param truths: one :class:`VoxelTruth` per result (the same object may appear several times).
+    :param given_views: per result, the cameras it was generated from (first the first view);
+        every result has the same number of them.
+    """
+    occ = torch.as_tensor(occupancy).bool()
+    dev = occ.device
+    col = torch.as_tensor(colors, dtype=torch.float32, device=dev)
+    b = occ.shape[0]
+    counts = {len(g) for g in given_views}
+    if len(truths) != b or len(given_views) != b or len(counts) != 1 or 0 in counts:
+        raise ValueError(f"score_voxels_batch needs one truth and one non-empty list of given views per result, all of "
+                         f"one length; got {b} results, {len(truths)} truths and view lists of lengths {sorted(counts)}")
+    nv = counts.pop()
+    true_occ = torch.stack([t.occupancy for t in truths])
+    nan = torch.tensor(math.nan, dtype=torch.float64, device=dev)
+    ratio = lambda num, den, empty: torch.where(den > 0, num.double() / den.clamp_min(1).double(), empty)
+    out: dict[str, torch.Tensor] = {}
+    flat = lambda x: x.flatten(1).sum(1)
+
+    # the shape: IoU, and Chamfer / F-score through exact distance transforms
+    out["iou"] = ratio(flat(occ & true_occ), flat(occ | true_occ), torch.ones((), dtype=torch.float64, device=dev))
+    to_true = _squared_distance_to(true_occ).sqrt()
+    to_pred = _squared_distance_to(occ).sqrt()
+    n_pred, n_true = flat(occ), flat(true_occ)
+    mean_pt = flat(torch.where(occ, to_true, 0.0)).double() / n_pred.clamp_min(1)
+    mean_tp = flat(torch.where(true_occ, to_pred, 0.0)).double() / n_true.clamp_min(1)
+    both, either = (n_pred > 0) & (n_true > 0), (n_pred > 0) | (n_true > 0)
+    out["chamfer"] = torch.where(both, 0.5 * (mean_pt + mean_tp), torch.where(either, float(occ.shape[1]), nan))
+    near = 1.0 + _DISTANCE_SLACK
+    precision = flat(occ & (to_true <= near)).double() / n_pred.clamp_min(1)
+    recall = flat(true_occ & (to_pred <= near)).double() / n_true.clamp_min(1)
+    f = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), 0.0)
+    out["fscore"] = torch.where(both, f, torch.where(either, 0.0, 1.0).double())
+
+    # the given views: silhouettes and colours
+    cams = [c for g in given_views for c in g]
+    pred_labels = _palette_labels(col)
+    hits = trace(occ.repeat_interleave(nv, 0), cams, _SIZE, names=NAMED_VIEWS)
+    item = torch.arange(b * nv, device=dev)[:, None, None] // nv
+    vx = hits.voxel
+    p_lab = pred_labels[item.expand(hits.hit.shape), vx[..., 0], vx[..., 1], vx[..., 2]]
+    true_views = [t.view(c) for t, g in zip(truths, given_views) for c in g]
+    t_hit = torch.stack([h for h, _ in true_views])
+    t_lab = torch.stack([lab for _, lab in true_views])
+    per_view = ratio(flat(hits.hit & t_hit), flat(hits.hit | t_hit), torch.ones((), dtype=torch.float64, device=dev))
+    per_view = per_view.reshape(b, nv)
+    out["given_silhouette_iou"] = per_view.mean(1)
+    out["first_silhouette_iou"] = per_view[:, 0]
+    right = (hits.hit & t_hit & (p_lab == t_lab)).reshape(b, -1).sum(1)
+    out["given_color_acc"] = right.double() / t_hit.reshape(b, -1).sum(1).clamp_min(1)
+
+    # the hidden surface, on the faces fixed by the first given view and the four standard views
+    surface = torch.stack([t.surface for t in truths])
+    seen_any = torch.stack([t.seen_any for t in truths])
+    seen_first = torch.stack([t.seen(g[0]) for t, g in zip(truths, given_views)])
+    true_labels = torch.stack([t.labels for t in truths])
+    face_ok = (_face_labels(occ, pred_labels) == true_labels)[:, None]
+    for key, faces in (("hidden_color_acc_seen", surface & seen_any & ~seen_first),
+                       ("hidden_color_acc_unseen", surface & ~seen_any)):
+        out[key] = ratio(flat(face_ok & faces), flat(faces), nan)
+
+    # renders from the held-out views
+    h = len(HELD_OUT_VIEWS)
+    img, mask = render(occ.repeat_interleave(h, 0), col.repeat_interleave(h, 0), HELD_OUT_VIEWS * b, size=_SIZE)
+    t_img = torch.stack([t.heldout[0] for t in truths]).flatten(0, 1)
+    t_mask = torch.stack([t.heldout[1] for t in truths]).flatten(0, 1)
+    covered = (mask | t_mask)[:, None].expand_as(img).reshape(b, -1)
+    err = ((img - t_img).abs().reshape(b, -1) * covered).sum(1).double()
+    out["heldout_color_error"] = torch.where(covered.sum(1) > 0, err / covered.sum(1).clamp_min(1), 0.0)
     return out
 
 
@@ -123,7 +280,7 @@ def score_voxels(
     given_views: Sequence[str | View],
     all_views: Sequence[str | View] = VIEW_SETS[4],
 ) -> dict[str, float]:
-    """Every accuracy measure of one result against its ground truth ``shape``.
+    """Every accuracy measure of one result against its ground truth ``shape`` (:func:`score_voxels_batch` of one).
 
     :param occupancy: the result, ``bool [16, 16, 16]``.
     :param colors: its colours, ``float [16, 16, 16, 3]`` in ``[0, 1]``.
@@ -156,47 +313,12 @@ def score_voxels(
     >>> [k for k, v in m.items() if v not in (0.0, 1.0)]
     []
     """
-    occ = torch.as_tensor(occupancy).bool().cpu()
-    col = torch.as_tensor(colors, dtype=torch.float32).cpu()
-    true_occ = torch.from_numpy(shape.occupancy)
-    true_col = torch.from_numpy(shape.colors)
-    given = list(given_views)
-    if not given:
+    if not list(given_views):
         raise ValueError("given_views is empty: pass the views the result was generated from, e.g. ['front']")
-    out = {"iou": iou(occ, true_occ), "chamfer": chamfer(occ, true_occ), "fscore": fscore(occ, true_occ)}
-
-    # given views: silhouettes and colours
-    pred_hits = trace(occ[None], given, _SIZE, names=NAMED_VIEWS)
-    true_hits = trace(true_occ[None], given, _SIZE, names=NAMED_VIEWS)
-    inter = (pred_hits.hit & true_hits.hit).flatten(1).sum(1).float()
-    union = (pred_hits.hit | true_hits.hit).flatten(1).sum(1).float()
-    per_view = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-    out["given_silhouette_iou"] = per_view.mean().item()
-    out["first_silhouette_iou"] = per_view[0].item()
-    true_idx = torch.from_numpy(palette_index(shape.colors))
-    pred_idx = torch.from_numpy(palette_index(col.numpy()))
-    pv, tv = pred_hits.voxel, true_hits.voxel
-    p_lab = pred_idx[pv[..., 0], pv[..., 1], pv[..., 2]]
-    t_lab = true_idx[tv[..., 0], tv[..., 1], tv[..., 2]]
-    right = pred_hits.hit & (p_lab == t_lab)
-    out["given_color_acc"] = (right & true_hits.hit).sum().item() / max(true_hits.hit.sum().item(), 1)
-
-    # hidden surface, on the faces fixed by given_views[0] and all_views
-    seen_first = visible_faces(true_occ, given[:1])[0]
-    seen_any = visible_faces(true_occ, list(all_views)).any(0)
-    r = true_occ.shape[0]
-    padded = torch.nn.functional.pad(true_occ, (1, 1, 1, 1, 1, 1))
-    surface = torch.zeros_like(seen_any)
-    for f, (axis, sign) in enumerate(FACES):
-        nb = torch.roll(padded, -sign, axis)[1 : r + 1, 1 : r + 1, 1 : r + 1]
-        surface[f] = true_occ & ~nb
-    face_ok = (_face_colours(occ, col, shape.occupancy) == true_idx)[None].expand_as(surface)
-    hidden = {"hidden_color_acc_seen": surface & seen_any & ~seen_first, "hidden_color_acc_unseen": surface & ~seen_any}
-    for key, faces in hidden.items():
-        n = faces.sum().item()
-        out[key] = (face_ok & faces).sum().item() / n if n else float("nan")
-    out["heldout_color_error"] = color_error(occ, col, true_occ, true_col, HELD_OUT_VIEWS, size=_SIZE)
-    return out
+    occ = torch.as_tensor(occupancy).bool()
+    truth = VoxelTruth(shape, occ.device, all_views)
+    scores = score_voxels_batch(occ[None], torch.as_tensor(colors)[None], [truth], [list(given_views)])
+    return {key: float(value[0]) for key, value in scores.items()}
 
 
 def reference_iou(shape: Shape, given_views: Sequence[str | View], samples: int = 8, batch: int = 16, max_rounds: int = 12
