@@ -210,5 +210,5 @@ def test_torchrun_cli_writes_once_and_matches_the_single_process_command(tmp_pat
     finally:
         torch.set_num_threads(threads)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "spread"]  # nothing left beside the outputs
-    assert sorted(p.name for p in (tmp_path / "spread").iterdir()) == ["comparison.png", "mesh.glb", "summary.json"]
+    assert sorted(p.name for p in (tmp_path / "spread").iterdir()) == [".trellis-mv.json", "comparison.png", "mesh.glb", "summary.json"]
     assert (tmp_path / "spread" / "mesh.glb").read_bytes() == (tmp_path / "one" / "mesh.glb").read_bytes()
