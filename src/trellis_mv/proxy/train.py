@@ -182,7 +182,7 @@ def train(
     t0 = time.time()
     occ_all, col_all = dataset(shapes, workers, data_cache)
     occ_all, col_all = occ_all.to(dev), col_all.to(dev)
-    state = torch.load(ckpt, map_location=dev, weights_only=False) if ckpt is not None and Path(ckpt).is_file() else None
+    state = torch.load(ckpt, map_location=dev, weights_only=True) if ckpt is not None and Path(ckpt).is_file() else None
     if state is not None:
         models = ProxyModels(ProxyConfig(**state["config"])).to(dev)
         models.load_state_dict(state["models"])
