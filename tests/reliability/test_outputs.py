@@ -12,7 +12,6 @@ import pytest
 
 from trellis_mv import proxy
 from trellis_mv._errors import OutputError
-from trellis_mv._outputs import MARKER_FILE, check_output, output_folder, write_lock
 from trellis_mv.cli import main
 from trellis_mv.eval._cli import main as eval_main
 
@@ -56,6 +55,8 @@ def test_overwrite_never_replaces_an_input_of_the_run(tmp_path, photo, capsys):
 
 def test_the_marker_lists_what_was_written(tmp_path, photo):
     out = tmp_path / "o"
+    from trellis_mv._outputs import MARKER_FILE
+
     assert _generate(out, photo) == 0
     marker = json.loads((out / MARKER_FILE).read_text())
     assert marker["kind"] == "generate"
@@ -94,6 +95,8 @@ def test_eval_report_and_example_refuse_a_users_folder(tmp_path, capsys):
 
 
 def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, photo, capsys):
+    from trellis_mv._outputs import write_lock
+
     out = tmp_path / "o"
     with write_lock(out):  # another living run holds the folder
         assert _generate(out, photo) == 2
@@ -146,6 +149,8 @@ def test_a_symlinked_out_is_refused_before_any_model_work(tmp_path, photo, capsy
 
 
 def test_one_mechanism_for_every_kind(tmp_path):
+    from trellis_mv._outputs import check_output, output_folder
+
     with output_folder(tmp_path / "ex", kind="example") as staging:
         (staging / "obj").mkdir()
     with pytest.raises(OutputError, match="`trellis-mv example`, not of `trellis-mv generate`"):
