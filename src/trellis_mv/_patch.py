@@ -308,8 +308,10 @@ def _raised_by(agg: Any, exc: Exception, where: str) -> AggregatorError | None:
         tb = tb.tb_next
     if isinstance(exc, TrellisMVError) or not home or tb is None or os.path.dirname(tb.tb_frame.f_code.co_filename) != home:
         return None  # the model's, torch's or trellis-mv's own error: unchanged
-    top = type(agg).__module__.split(".")[0]
-    dists = importlib.metadata.packages_distributions().get(top) or ["?"]
+    from ._registry import distribution_of
+
+    known = distribution_of(type(agg))
+    dists = [known] if known else importlib.metadata.packages_distributions().get(type(agg).__module__.split(".")[0]) or ["?"]
     name = getattr(agg, "name", type(agg).__name__)
     return AggregatorError(f"aggregator {name!r} (from distribution {', '.join(dists)}) raised {type(exc).__name__}: "
                            f"{exc} ({where}); report it to that distribution or choose another aggregator",

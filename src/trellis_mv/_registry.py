@@ -21,6 +21,7 @@ import inspect
 import os
 import sys
 import warnings
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import import_module, metadata
@@ -382,6 +383,7 @@ class Registry:
     def get(self, name: str, **options: Any) -> Aggregator:
         """A new aggregator instance by name, with its options; a failure names the plugin and its distribution."""
         info = self.info(name)
+        _DISTRIBUTIONS[info.factory] = info.distribution or "?"
         try:
             return instantiate(info.factory, options)
         except AggregatorError as exc:
@@ -408,6 +410,14 @@ class Registry:
                            f"{info.distribution!r}) fails to build with its default options: {type(exc).__name__}: {exc}",
                            info.plugin, info.distribution)
         return self.errors[before:]
+
+
+_DISTRIBUTIONS: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+
+
+def distribution_of(factory: type) -> str | None:
+    """The distribution of an aggregator class that a registry built, or None."""
+    return _DISTRIBUTIONS.get(factory)
 
 
 def _is_core(distribution: str | None) -> bool:

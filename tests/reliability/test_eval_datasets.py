@@ -110,7 +110,7 @@ def test_report_with_an_empty_plan_keeps_the_tables(data, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--threads", "-1"], "--threads -1: give a number of CPU threads >= 1"),
-    (["--device", "garbage"], "--device 'garbage': expected auto, cpu or cuda"),
+    (["--device", "garbage"], "--device 'garbage' is not a torch device; use cpu, cuda or cuda:N"),
     pytest.param(["--device", "cuda"], "CUDA is not available here",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is there")),
 ])

@@ -201,7 +201,7 @@ class FolderDataset:
                 import trimesh
 
                 try:
-                    mesh = trimesh.load(folder / name, force="mesh")
+                    mesh = trimesh.load(folder / name, force="mesh", process=False)  # processing drops NaN vertices
                 except Exception as exc:  # trimesh raises many types for a broken file
                     raise ValueError(f"object {object_id!r}: {name} cannot be read ({type(exc).__name__}: {exc}); "
                                      "replace or remove it") from exc
@@ -211,7 +211,7 @@ class FolderDataset:
                 if not np.isfinite(np.asarray(mesh.vertices, dtype=float)).all():
                     raise ValueError(f"object {object_id!r}: {name} has vertices that are NaN or infinite; "
                                      "repair the mesh or remove it")
-                return mesh
+                return mesh.process()
         return None
 
     def load(self, object_id: str) -> EvalObject:

@@ -281,10 +281,10 @@ def evaluate(
         raise ValueError(f"--seeds {seeds}: need at least 1 seed")
     if max_jobs is not None and max_jobs < 0:
         raise ValueError(f"--max-jobs {max_jobs}: must be >= 0")
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: expected auto, cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but CUDA is not available here; pass --device cpu (or auto)")
+    if device != "auto":
+        from trellis_mv.pipeline import check_device
+
+        check_device(device)
     model_name = model if adapter is None else getattr(adapter, "name", type(adapter).__name__)
     ids = ds.object_ids()
     for oid in ids:  # a broken object is named before any model work
