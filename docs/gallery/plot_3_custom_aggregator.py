@@ -37,7 +37,8 @@ class MedianX0:
         x0 = [step.to_xstart(p) for p in step.predict()]   # all views, one forward
         # dense latents are tensors; sparse ones keep their values in .feats
         values = torch.stack([getattr(x, "feats", x) for x in x0])
-        fused = torch.quantile(values, self.q, dim=0)
+        # objects with their own views: each sample's padding views become NaN, skipped here
+        fused = torch.nanquantile(step.without_padding(values), self.q, dim=0)
         fused = x0[0].replace(fused) if hasattr(x0[0], "feats") else fused
         return step.guide(step.from_xstart(fused))
 

@@ -26,7 +26,7 @@ from ._registry import (
 )
 from ._spec import Adapter, Aggregator, hookimpl
 from ._step import Step, StepRecord
-from ._views import Camera, camera_name, parse_camera
+from ._views import Camera, camera_name, pad_views, parse_camera
 from .run import MultiViewResult, adapter_class, demo, generate, load_adapter, run_multi_image
 
 __version__ = "0.1.0"
@@ -64,6 +64,7 @@ __all__ = [
     "list_adapters",
     "list_aggregators",
     "load_adapter",
+    "pad_views",
     "parse_camera",
     "patch_sampler",
     "resolve",

@@ -20,7 +20,7 @@ from ._errors import AggregatorError, PatchError
 from ._registry import Registry, resolve
 from ._spec import Aggregator
 from ._step import Step, StepRecord, _Counter
-from ._views import Views, normalise_cameras, normalise_weights, prepare_views
+from ._views import Views, normalise_cameras, normalise_sample_weights, normalise_weights, prepare_views
 
 __all__ = ["Patch", "check_views", "patch_sampler"]
 
@@ -114,7 +114,8 @@ def patch_sampler(
     sampler: Any,
     aggregator: str | Aggregator | type,
     *,
-    weights: Sequence[float] | None = None,
+    weights: Sequence[float] | Sequence[Sequence[float]] | None = None,
+    per_sample: bool = False,
     stage: str | None = None,
     max_batch: int | None = None,
     cameras: Sequence[Any] | None = None,
@@ -127,7 +128,10 @@ def patch_sampler(
 
     Inside the block, the sampler's ``cond`` holds the N views' conditioning stacked on
     dim 0, as ``pipeline.get_cond([img1, ..., imgN], res)`` returns it, and each call of
-    its ``_inference_model`` is answered by ``aggregator``. Works on TRELLIS.2's
+    its ``_inference_model`` is answered by ``aggregator``. With ``per_sample=True`` each
+    sample of the batch has its own views (e.g. different objects in one forward): ``cond``
+    is ``[B, N, ...]``, sample ``b``'s views in ``cond[b]``, padded at the end with views of
+    weight 0 where a sample has fewer (:func:`~trellis_mv.pad_views` builds both). Works on TRELLIS.2's
     ``FlowEulerSampler``, ``FlowEulerCfgSampler`` and ``FlowEulerGuidanceIntervalSampler``,
     on TRELLIS v1's samplers (``cfg_strength``, ``cfg_interval``) and on
     :mod:`trellis_mv.samplers`; the guidance dialect is the sampler's own. The sampler is
@@ -136,13 +140,19 @@ def patch_sampler(
     :param sampler: the sampler instance to patch (only this instance is touched).
     :param aggregator: a registered name (see :func:`list_aggregators`), an aggregator
         class, or an instance.
-    :param weights: one non-negative weight per view; normalised to sum to 1.
+    :param weights: one non-negative weight per view, normalised to sum to 1; with
+        ``per_sample``, one such list per sample (``[B, N]``, 0 on a sample's padding views,
+        which come last; uniform over all N views when omitted).
+    :param per_sample: each sample has its own views: ``cond`` ``[B, N, ...]`` (B the
+        samples drawn at once), ``weights`` ``[B, N]``, ``cameras`` one list per sample. The
+        negative stays one row per sample (``[1, ...]``, ``[B, ...]`` or ``zeros_like(cond)``).
+        One forward of view ``i`` pairs every sample's latent with its own view ``i``.
     :param stage: a label passed to the aggregator as ``step.stage`` (e.g. ``"shape"``).
     :param max_batch: at most this many latent rows per model forward (memory cap); the
         default evaluates all views and the negative in one forward. It must be at least the
         number of samples, since one forward holds every sample of one view.
     :param cameras: one camera per view (a name, ``"AZ,EL"``, a pair or None), passed to the
-        aggregator as ``step.cameras``.
+        aggregator as ``step.sample_cameras``; with ``per_sample``, one list per sample.
     :param frame: 3x3 map from the object frame (x right, y up, z front) to the latent's
         axes, for ``step.view_directions`` (default: identity).
     :param registry: where names are looked up (default: :func:`get_registry`).
@@ -165,10 +175,30 @@ def patch_sampler(
     10
     >>> "sample" in vars(sampler)  # restored
     False
+
+    Two objects in one run, the first seen from 3 views, the second from 1:
+
+    >>> cond, weights = trellis_mv.pad_views([torch.randn(3, 4, 8), torch.randn(1, 4, 8)])
+    >>> with trellis_mv.patch_sampler(sampler, "multidiffusion", per_sample=True, weights=weights,
+    ...                               cameras=[["front", "90", "back"], ["front"]]) as patch:
+    ...     out = sampler.sample(model, torch.randn(2, 5), cond, torch.zeros(1, 4, 8),
+    ...                          steps=10, guidance_strength=3.0, verbose=False)
+    >>> patch.model_calls, patch.batch_rows // patch.model_calls   # a forward: 3 views + the negative, 2 samples each
+    (10, 8)
     """
     agg = resolve(aggregator, options=options, registry=registry)
-    user_weights = normalise_weights(weights)
-    user_cameras = normalise_cameras(cameras)
+    if not isinstance(per_sample, bool):
+        raise PatchError(f"per_sample must be True or False; got per_sample={per_sample!r}")
+    user_weights: Any = weights
+    user_cameras: Any = cameras
+    if per_sample:
+        if weights is not None:  # the form now; the numbers of samples and views when cond arrives
+            given: Any = weights.tolist() if isinstance(weights, torch.Tensor) else weights
+            first = given[0] if isinstance(given, Sequence) and given and isinstance(given[0], Sequence) else ()
+            user_weights = normalise_sample_weights(given, len(given) if isinstance(given, Sequence) else 0, len(first))
+    else:
+        user_weights = normalise_weights(weights)  # type: ignore[arg-type]
+        user_cameras = normalise_cameras(cameras)
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
         raise PatchError(f"max_batch must be a positive integer or None; got max_batch={max_batch!r}")
     rows = rows_for(group)
@@ -182,18 +212,29 @@ def patch_sampler(
         object.__setattr__(sampler, _MARK, patch)
     saved = {name: vars(sampler)[name] for name in _PATCHED if name in vars(sampler)}
     orig_inference = sampler._inference_model
-    orig_sample_once = getattr(sampler, "sample_once", None)
-    orig_sample = getattr(sampler, "sample", None)
+    orig_sample_once: Any = getattr(sampler, "sample_once", None)
+    orig_sample: Any = getattr(sampler, "sample", None)
     try:
         sample_sig = inspect.signature(orig_sample) if callable(orig_sample) else None
     except (TypeError, ValueError):
         sample_sig = None
     lock = threading.Lock()
 
-    def views_for(run: _Run, cond: Any, neg_cond: Any) -> Views:
+    def views_for(run: _Run, cond: Any, neg_cond: Any, batch: int | None) -> Views:
         if run.views is None or cond is not run.cond:
-            run.cond, run.views = cond, prepare_views(cond, neg_cond, user_weights, user_cameras)
-            check_views(agg, run.views.count, run.views.cameras)
+            views = prepare_views(cond, neg_cond, user_weights, user_cameras, per_sample=per_sample)
+            if per_sample:
+                if batch is not None and batch != int(views.cond.shape[0]):
+                    raise PatchError(
+                        f"per_sample=True: cond holds the views of {int(views.cond.shape[0])} samples but the sampler "
+                        f"draws {batch} at once{where}; give one view set per sample (cond [B, N, ...] with B the "
+                        "batch of the noise)"
+                    )
+                for b, (n, cams) in enumerate(zip(views.counts, views.cameras, strict=True)):
+                    _check_sample(agg, b, n, cams[:n])
+            else:
+                check_views(agg, views.count, views.cameras)
+            run.cond, run.views = cond, views
         return run.views
 
     def current_run() -> _Run:
@@ -213,9 +254,9 @@ def patch_sampler(
         if values is not None:
             steps = values.get("steps")
             run.num_steps = steps if isinstance(steps, int) else None
+            noise: Any = values.get("noise")
             if "cond" in values:  # validate before any model work
-                views_for(run, values["cond"], values.get("neg_cond"))
-            noise = values.get("noise")
+                views_for(run, values["cond"], values.get("neg_cond"), T.batch_size(noise) if hasattr(noise, "shape") else None)
             if max_batch is not None and hasattr(noise, "shape") and int(noise.shape[0]) > max_batch:
                 raise PatchError(
                     f"max_batch={max_batch} is smaller than the {int(noise.shape[0])} samples drawn at once{where}; "
@@ -240,7 +281,7 @@ def patch_sampler(
         run = current_run()
         if not run.in_step:
             run.step += 1
-        views = views_for(run, cond, kwargs.get("neg_cond"))
+        views = views_for(run, cond, kwargs.get("neg_cond"), T.batch_size(x_t))
         counter = _Counter()
         step = Step(
             sampler=sampler, inference=orig_inference, model=model, x_t=x_t, t=float(t), kwargs=kwargs,
@@ -286,6 +327,13 @@ def check_views(agg: Aggregator, num_views: int, cameras: Sequence[Any] = ()) ->
     check = getattr(agg, "check", None)
     if callable(check):
         check(num_views=num_views, cameras=tuple(cameras) or (None,) * num_views)
+
+
+def _check_sample(agg: Aggregator, sample: int, num_views: int, cameras: Sequence[Any]) -> None:
+    try:
+        check_views(agg, num_views, cameras)
+    except AggregatorError as exc:  # name the sample whose view set the aggregator refuses
+        raise type(exc)(f"sample {sample}: {exc}", aggregator=exc.aggregator) from None
 
 
 def _check_prediction(agg: Aggregator, x_t: Any, pred: Any, where: str) -> None:

@@ -29,20 +29,10 @@ class Aggregator(Protocol):
     """Combines N views into the one prediction a sampler needs at one denoising step.
 
     While a sampler is patched (:func:`trellis_mv.patch_sampler`), every call of its
-    ``_inference_model`` becomes one call ``aggregator(step)``. The
-    :class:`~trellis_mv.Step` holds what the sampler held (the latent ``step.x_t``, the time
-    ``step.t`` in ``[0, 1]``), where the run is (``step.index`` of ``step.num_steps``,
-    ``step.stage``), the views (``step.cond``, stacked ``[N, ...]``, and ``step.weights``,
-    normalised to sum to 1) and ``step.state``, a dict kept for one sampling run and fresh
-    for the next. It also evaluates things for you:
-
-    * ``step.predict(views=None)`` — the conditional prediction of each view, in one
-      batched forward (the negative branch rides along when the guidance will need it);
-    * ``step.guide(pred)`` — the sampler's own classifier-free guidance (strength, interval,
-      rescale, in its own dialect) applied to a fused conditional prediction ``pred``;
-    * ``step.select(i)`` — exactly what the unpatched sampler returns with view ``i`` alone;
-    * ``step.sampler_call(cond)`` — the unpatched sampler on any conditioning you build;
-    * ``step.to_xstart(pred)`` / ``step.from_xstart(x0)`` — convert to and from x0.
+    ``_inference_model`` becomes one call ``aggregator(step)``. What the aggregator may read
+    and call (the latent, the time, where the run is, the views with their weights and
+    cameras, shared or per sample, and the model evaluations) is described once, in
+    :class:`~trellis_mv.Step`.
 
     The aggregator returns one prediction shaped like ``step.x_t`` (a tensor, or a sparse
     tensor with the same voxels). It should not keep state on ``self`` between calls: use
@@ -54,12 +44,13 @@ class Aggregator(Protocol):
     :class:`~trellis_mv.AggregatorOptionError`), and the first line of the docstring is the
     summary ``trellis-mv list`` prints. An optional method ``check(*, num_views, cameras)``
     refuses a view set before any model work (e.g. ``single:view=5`` with 3 views), raising
-    :class:`~trellis_mv.AggregatorOptionError`. A step where the sampler's guidance needs
-    the negative branch alone (strength 0) never reaches the aggregator: the core answers it.
+    :class:`~trellis_mv.AggregatorOptionError`; with per-sample views it is asked once per
+    sample. A step where the sampler's guidance needs the negative branch alone (strength 0)
+    never reaches the aggregator: the core answers it.
     Optional class attributes tell the conformance kit
     which invariants apply: ``fuses`` (N identical views give the single-view result),
     ``order_free`` (permuting views and weights together changes nothing) and ``weighted``
-    (it honours ``step.weights``: a view of weight 0 changes nothing).
+    (it honours ``step.sample_weights``: a view of weight 0 changes nothing).
 
     A complete aggregator, the weighted mean of the views::
 
@@ -71,9 +62,7 @@ class Aggregator(Protocol):
             weighted = True
 
             def __call__(self, step):
-                preds = step.predict()
-                fused = sum(w * p for w, p in zip(step.weights.tolist(), preds))
-                return step.guide(fused)
+                return step.guide(step.fuse(step.predict(), step.sample_weights))
     """
 
     name: ClassVar[str]
@@ -113,9 +102,14 @@ class Adapter(Protocol):
       sampling; the CLI sets it when present);
     * ``render(output, camera, size) -> float [3, size, size]`` (the first sample seen from
       a :class:`~trellis_mv.Camera`), ``to_mesh(output) -> trimesh.Trimesh`` and
-      ``to_voxels(output) -> (occupancy bool [R, R, R], colors float [R, R, R, 3])``: what
+      ``to_voxels(output) -> (occupancy bool [B, R, R, R], colors float [B, R, R, R, 3])`` (every sample, on
+      its device): what
       the evaluation harness scores with; ``examples() -> list[(path, camera)]``:
-      views for ``trellis-mv demo``.
+      views for ``trellis-mv demo``; ``sample_many(view_sets, *, seeds, params)``: one sample
+      per view set (object ``b``'s views ``view_sets[b]``, its noise from ``seeds[b]`` alone, as
+      ``sample`` would draw it), every stage's sampler called once with the per-sample
+      conditioning ``[B, N, ...]`` (padded at the end where objects have fewer views):
+      what :func:`trellis_mv.run.run_many` and the evaluation harness batch objects with.
 
     The proxy adapter (:class:`trellis_mv.proxy.ProxyAdapter`) is a complete example.
     """
@@ -153,6 +147,7 @@ ADAPTER_DEFAULTS: Mapping[str, Any] = {
     "to_mesh": None,
     "to_voxels": None,
     "examples": None,
+    "sample_many": None,
 }
 
 

@@ -79,3 +79,20 @@ def weighted_sum(preds: list[Latent], weights: list[float]) -> Latent:
     for w, p in zip(weights[1:], preds[1:], strict=False):
         total = total + w * p
     return total
+
+
+def sample_weighted_sum(preds: list[Latent], weights: torch.Tensor) -> Latent:
+    """``sum_i w[b, i] * p_i[b]`` per sample ``b``: weights ``[B, V]``, one row per sample, for ``V`` predictions.
+
+    >>> import torch
+    >>> sample_weighted_sum([torch.ones(2, 3), torch.zeros(2, 3)], torch.tensor([[1.0, 0.0], [0.25, 0.75]]))
+    tensor([[1.0000, 1.0000, 1.0000],
+            [0.2500, 0.2500, 0.2500]])
+    """
+    like = preds[0]
+    values = torch.stack([feats(p) for p in preds])  # [V, B, ...] or, sparse, [V, M, ...]
+    w = weights.to(device=values.device, dtype=values.dtype).T  # [V, B]
+    if is_sparse(like):
+        w = w[:, like.coords[:, 0].long()]
+    w = w.reshape(*w.shape, *([1] * (values.ndim - 2)))
+    return with_feats(like, (w * values).sum(0))

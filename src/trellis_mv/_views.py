@@ -19,7 +19,9 @@ __all__ = [
     "camera_directions",
     "camera_name",
     "normalise_cameras",
+    "normalise_sample_weights",
     "normalise_weights",
+    "pad_views",
     "parse_camera",
     "prepare_views",
 ]
@@ -157,28 +159,140 @@ def normalise_cameras(
 
 @dataclass(frozen=True)
 class Views:
-    """N views of one object, as the sampler's model sees them.
+    """The views of one sampler call, as the sampler's model sees them.
 
-    :ivar cond: the views' conditioning stacked on dim 0, ``[N, ...]``.
-    :ivar neg: the one negative conditioning row ``[1, ...]`` shared by all views, or ``None``.
-    :ivar weights: N floats summing to 1.
-    :ivar cameras: one :class:`Camera` (or None where unknown) per view.
+    Shared views (every sample of the batch conditioned on the same N views) or per-sample
+    views (sample ``b`` on its own views ``cond[b]``; a sample with fewer than N views is padded
+    at the end with views of weight 0, which no aggregator evaluates into its result).
+
+    :ivar cond: the views' conditioning stacked on dim 0, ``[N, ...]``, or per sample ``[B, N, ...]``.
+    :ivar neg: the negative conditioning, one row shared by all views: ``[1, ...]``, or per
+        sample ``[B, ...]``; ``None`` without a negative.
+    :ivar weights: N floats summing to 1, or per sample a tuple of N floats summing to 1.
+    :ivar cameras: one :class:`Camera` (or None where unknown) per view, or per sample a tuple of N.
+    :ivar per_sample: whether each sample has its own views.
     """
 
     cond: torch.Tensor
     neg: torch.Tensor | None
-    weights: tuple[float, ...]
-    cameras: tuple[Camera | None, ...] = ()
+    weights: tuple[Any, ...]
+    cameras: tuple[Any, ...] = ()
+    per_sample: bool = False
     weight_tensor: torch.Tensor = field(init=False, repr=False, compare=False)
+    counts: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    cache: dict[Any, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight_tensor", torch.tensor(self.weights, dtype=torch.float64))
         if not self.cameras:
-            object.__setattr__(self, "cameras", (None,) * self.count)
+            none = (None,) * self.count
+            object.__setattr__(self, "cameras", tuple(none for _ in self.weights) if self.per_sample else none)
+        counts = tuple(sum(1 for w in row if w > 0) for row in self.weights) if self.per_sample else ()
+        object.__setattr__(self, "counts", counts)
 
     @property
     def count(self) -> int:
-        return int(self.cond.shape[0])
+        """N: the views per sample (per-sample views: the most any sample has, padding included)."""
+        return int(self.cond.shape[1 if self.per_sample else 0])
+
+    def weights_on(self, device: torch.device) -> torch.Tensor:
+        """``weight_tensor`` on ``device``, copied there once per view set (no copy in the per-step path)."""
+        out = self.cache.get(device)
+        if out is None:
+            out = self.cache[device] = self.weight_tensor.to(device)
+        return out
+
+    def column(self, view: int, batch: int) -> torch.Tensor:
+        """View ``view`` of every sample, ``[batch, ...]`` (shared views: one row expanded, no copy)."""
+        if self.per_sample:
+            return self.cond[:, view]
+        row = self.cond[view : view + 1]
+        return row.expand(batch, *row.shape[1:])
+
+    def neg_rows(self, batch: int) -> torch.Tensor | None:
+        """The negative of every sample, ``[batch, ...]``, or None."""
+        if self.neg is None or self.neg.shape[0] == batch:
+            return self.neg
+        return self.neg.expand(batch, *self.neg.shape[1:])
+
+
+def pad_views(
+    view_sets: Sequence[Any], weights: Sequence[Sequence[float]] | None = None
+) -> tuple[torch.Tensor, list[list[float]]]:
+    """Per-sample views for :func:`~trellis_mv.patch_sampler` (``per_sample=True``): ``cond [B, N, ...]`` and weights.
+
+    Each entry of ``view_sets`` holds one sample's views stacked on dim 0 (``[N_b, ...]``, as
+    ``pipeline.get_cond`` returns them, or a list of per-view tensors); samples with fewer
+    than ``N = max(N_b)`` views are padded at the end with zero conditioning of weight 0.
+
+    :param weights: per sample, one non-negative weight per view (uniform when omitted).
+    :returns: ``(cond, weights)``, ``cond`` ``[B, N, ...]`` and ``weights`` ``B`` lists of ``N`` floats.
+
+    >>> cond, weights = pad_views([torch.ones(3, 2, 4), torch.ones(1, 2, 4)], weights=[[2, 1, 1], [1]])
+    >>> tuple(cond.shape), weights
+    ((2, 3, 2, 4), [[2.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    """
+    if isinstance(view_sets, torch.Tensor) or not isinstance(view_sets, Sequence) or not view_sets:
+        raise ViewError(
+            f"pad_views needs a non-empty list with one sample's views per entry; got {_describe(view_sets)}"
+        )
+    stacked = [stack_views(v) for v in view_sets]
+    shapes = {tuple(s.shape[1:]) for s in stacked}
+    if len(shapes) > 1:
+        listed = ", ".join(f"sample {b}: {tuple(s.shape[1:])}" for b, s in enumerate(stacked))
+        raise ViewError(f"the samples' views have different shapes ({listed}); encode every view at the same resolution")
+    if weights is not None and len(weights) != len(stacked):
+        raise ViewError(f"weights has {len(weights)} entries but there are {len(stacked)} samples; give one list per sample")
+    n = max(int(s.shape[0]) for s in stacked)
+    cond = stacked[0].new_zeros(len(stacked), n, *stacked[0].shape[1:])
+    rows: list[list[float]] = []
+    for b, s in enumerate(stacked):
+        k = int(s.shape[0])
+        cond[b, :k] = s
+        given = [1.0] * k if weights is None else [float(w) for w in weights[b]]
+        if len(given) != k:
+            raise ViewError(f"weights of sample {b} has {len(given)} entries but the sample has {k} views")
+        rows.append(given + [0.0] * (n - k))
+    return cond, rows
+
+
+def normalise_sample_weights(
+    weights: Sequence[Sequence[float]] | torch.Tensor | None, samples: int, count: int
+) -> tuple[tuple[float, ...], ...]:
+    """Per-sample weights ``[B, N]``, each row normalised; a sample's views of positive weight come first.
+
+    Uniform over all N views for every sample when ``weights`` is None.
+
+    >>> normalise_sample_weights([[2, 1, 1], [1, 0, 0]], 2, 3)
+    ((0.5, 0.25, 0.25), (1.0, 0.0, 0.0))
+    """
+    if weights is None:
+        return tuple(tuple(1.0 / count for _ in range(count)) for _ in range(samples))
+    rows = weights.detach().tolist() if isinstance(weights, torch.Tensor) else weights
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence) or any(
+        isinstance(r, (str, bytes)) or not isinstance(r, Sequence) for r in rows
+    ):
+        raise ViewError(
+            f"with per_sample=True, weights must be one list of N weights per sample ([B, N], 0 for a sample's "
+            f"padding views); got weights={weights!r}"
+        )
+    if len(rows) != samples:
+        raise ViewError(f"weights has {len(rows)} rows but the conditioning holds {samples} samples; give one row per sample")
+    out = []
+    for b, row in enumerate(rows):
+        try:
+            normed = normalise_weights(row, count)
+        except ViewError as exc:
+            raise ViewError(f"sample {b}: {exc}") from None
+        assert normed is not None
+        k = sum(1 for w in normed if w > 0)
+        if any(w <= 0 for w in normed[:k]):
+            raise ViewError(
+                f"sample {b} has weights {list(normed)}: a sample's views (positive weights) come first, its padding "
+                "(weight 0) last; move its views to the front of cond[b]"
+            )
+        out.append(normed)
+    return tuple(out)
 
 
 def normalise_weights(weights: Sequence[float] | torch.Tensor | None, count: int | None = None) -> tuple[float, ...] | None:
@@ -246,25 +360,30 @@ def stack_views(cond: Any) -> torch.Tensor:
 
 
 def prepare_views(
-    cond: Any, neg_cond: Any = None, weights: Sequence[float] | None = None, cameras: Sequence[Any] | None = None
+    cond: Any,
+    neg_cond: Any = None,
+    weights: Sequence[Any] | torch.Tensor | None = None,
+    cameras: Sequence[Any] | None = None,
+    *,
+    per_sample: bool = False,
 ) -> Views:
     """Validate the conditioning a patched sampler receives.
 
-    The negative conditioning may have batch 1 or N (TRELLIS.2's ``get_cond`` returns
-    ``zeros_like(cond)``, one row per view); N rows must be identical, since one negative
-    pass serves all views.
+    Shared views: the negative conditioning may have batch 1 or N (TRELLIS.2's ``get_cond``
+    returns ``zeros_like(cond)``, one row per view); N rows must be identical, since one
+    negative pass serves all views.
+
+    Per-sample views (``cond [B, N, ...]``): the negative is ``[1, ...]`` or ``[B, ...]`` (one
+    row per sample), or ``[B or 1, N or 1, ...]`` identical over each sample's views;
+    ``weights`` is ``[B, N]`` and ``cameras`` one list (of at most N) per sample.
     """
+    if per_sample:
+        return _prepare_per_sample(cond, neg_cond, weights, cameras)
     stacked = stack_views(cond)
     n = int(stacked.shape[0])
     neg = None
     if neg_cond is not None:
-        if not isinstance(neg_cond, torch.Tensor):
-            raise ViewError(f"neg_cond is {_describe(neg_cond)}; expected a tensor shaped like one view of cond")
-        if tuple(neg_cond.shape[1:]) != tuple(stacked.shape[1:]):
-            raise ViewError(
-                f"neg_cond has shape {tuple(neg_cond.shape)} but each view of cond has shape "
-                f"{tuple(stacked.shape[1:])}; the negative must match one view (e.g. torch.zeros_like(cond[:1]))"
-            )
+        _check_neg_shape(neg_cond, stacked.shape[1:])
         if neg_cond.shape[0] == n or neg_cond.shape[0] == 1:
             if neg_cond.shape[0] > 1 and not bool((neg_cond == neg_cond[:1]).all()):
                 raise ViewError(
@@ -276,8 +395,69 @@ def prepare_views(
             raise ViewError(
                 f"neg_cond has batch {neg_cond.shape[0]}, which matches neither 1 nor the {n} views of cond"
             )
-    if stacked.is_floating_point() and not bool(torch.isfinite(stacked).all()):
-        bad = [i for i in range(n) if not bool(torch.isfinite(stacked[i]).all())]
-        raise ViewError(f"the conditioning of view(s) {bad} holds NaN or Inf; check those images or their encoder")
-    normed = normalise_weights(weights, n) if weights is not None else tuple(1.0 / n for _ in range(n))
+    _check_finite(stacked, [(i,) for i in range(n)])
+    normed = normalise_weights(weights, n) if weights is not None else None
+    if normed is None:
+        normed = tuple(1.0 / n for _ in range(n))
     return Views(cond=stacked, neg=neg, weights=normed, cameras=normalise_cameras(cameras, n) or ())
+
+
+def _check_neg_shape(neg_cond: Any, view_shape: Sequence[int], lead: int = 1) -> None:
+    if not isinstance(neg_cond, torch.Tensor):
+        raise ViewError(f"neg_cond is {_describe(neg_cond)}; expected a tensor shaped like one view of cond")
+    if neg_cond.ndim < lead or tuple(neg_cond.shape[lead:]) != tuple(view_shape):
+        raise ViewError(
+            f"neg_cond has shape {tuple(neg_cond.shape)} but each view of cond has shape "
+            f"{tuple(view_shape)}; the negative must match one view (e.g. torch.zeros_like(cond[:1]))"
+        )
+
+
+def _check_finite(cond: torch.Tensor, where: list[tuple[int, ...]]) -> None:
+    if cond.is_floating_point() and not bool(torch.isfinite(cond).all()):
+        bad = [w if len(w) > 1 else w[0] for w in where if not bool(torch.isfinite(cond[w]).all())]
+        what = "view(s)" if len(where[0]) == 1 else "(sample, view) pair(s)"
+        raise ViewError(f"the conditioning of {what} {bad} holds NaN or Inf; check those images or their encoder")
+
+
+def _prepare_per_sample(cond: Any, neg_cond: Any, weights: Any, cameras: Sequence[Any] | None) -> Views:
+    if not isinstance(cond, torch.Tensor) or cond.ndim < 3:
+        raise ViewError(
+            f"with per_sample=True, cond must be a tensor [B, N, ...] holding sample b's views in cond[b] "
+            f"(trellis_mv.pad_views builds it from per-sample view sets); got {_describe(cond)}"
+        )
+    b, n = int(cond.shape[0]), int(cond.shape[1])
+    if b == 0 or n == 0:
+        raise ViewError(f"cond of shape {tuple(cond.shape)} holds no samples or no views; give at least one of each")
+    normed = normalise_sample_weights(weights, b, n)
+    neg = None
+    if neg_cond is not None:
+        view_shape = cond.shape[2:]
+        if isinstance(neg_cond, torch.Tensor) and neg_cond.ndim == cond.ndim:  # [B|1, N|1, ...]
+            _check_neg_shape(neg_cond, view_shape, lead=2)
+            if neg_cond.shape[0] not in (1, b) or neg_cond.shape[1] not in (1, n):
+                raise ViewError(f"neg_cond has shape {tuple(neg_cond.shape)}; with cond {tuple(cond.shape)} its first "
+                                f"two dims must be 1 or {b} (samples) and 1 or {n} (views)")
+            if neg_cond.shape[1] > 1 and not bool((neg_cond == neg_cond[:, :1]).all()):
+                raise ViewError("neg_cond differs between the views of a sample; trellis-mv shares one negative pass "
+                                "across a sample's views, so pass one row per sample (neg_cond[:, 0])")
+            neg_cond = neg_cond[:, 0]
+        _check_neg_shape(neg_cond, view_shape)
+        if neg_cond.shape[0] not in (1, b):
+            raise ViewError(f"neg_cond has batch {neg_cond.shape[0]}, which matches neither 1 nor the {b} samples of cond")
+        neg = neg_cond
+    _check_finite(cond, [(i, j) for i in range(b) for j in range(n)])
+    per_cams: tuple[Any, ...] = ()
+    if cameras is not None:
+        if isinstance(cameras, (str, bytes)) or not isinstance(cameras, Sequence) or len(cameras) != b or any(
+            isinstance(c, (str, bytes)) or not isinstance(c, Sequence) for c in cameras
+        ):
+            raise ViewError(f"with per_sample=True, cameras must be one list per sample ({b} lists, each one camera or "
+                            f"None per view); got cameras={cameras!r}")
+        rows = []
+        for i, cams in enumerate(cameras):
+            if len(cams) > n:
+                raise ViewError(f"cameras of sample {i} has {len(cams)} entries but cond holds {n} views per sample")
+            parsed = normalise_cameras(list(cams)) or ()
+            rows.append(tuple(parsed) + (None,) * (n - len(parsed)))
+        per_cams = tuple(rows)
+    return Views(cond=cond, neg=neg, weights=normed, cameras=per_cams, per_sample=True)

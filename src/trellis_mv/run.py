@@ -44,6 +44,7 @@ from ._views import Camera, normalise_cameras, normalise_weights
 
 __all__ = [
     "AdapterTraits",
+    "BatchResult",
     "MultiViewResult",
     "StageSpec",
     "adapter_class",
@@ -58,6 +59,7 @@ __all__ = [
     "parse_value",
     "patch_stages",
     "plan_stages",
+    "run_many",
     "run_multi_image",
     "traits",
 ]
@@ -131,23 +133,46 @@ def canonical_stage(name: str, stage_names: Sequence[str], aliases: Mapping[str,
 # -- the adapter's optional members -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AdapterTraits:
-    """An adapter's optional members (:data:`~trellis_mv._spec.ADAPTER_DEFAULTS`), read once, defaults filled in."""
+class _Member:
+    """One optional adapter member, read from the adapter when asked (a property may do work), default filled in."""
 
-    name: str
-    stage_names: tuple[str, ...]
-    dialect: str
-    stage_aliases: Mapping[str, str]
-    default_params: Mapping[str, Mapping[str, Any]]
-    named_cameras: Mapping[str, Any]
-    latent_frame: Any
-    device: Any
-    verbose: bool | None
-    render: Any
-    to_mesh: Any
-    to_voxels: Any
-    examples: Any
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = name
+
+    def __get__(self, traits: Any, owner: type | None = None) -> Any:
+        value = getattr(traits.adapter, self.key, ADAPTER_DEFAULTS[self.key])
+        if self.key in ("stage_aliases", "default_params", "named_cameras"):
+            return value or {}
+        return value
+
+
+class AdapterTraits:
+    """An adapter's optional members (:data:`~trellis_mv._spec.ADAPTER_DEFAULTS`), each read when used, defaults
+    filled in: ``name`` (the class name by default), ``stage_names`` (the running adapter's: ``tuple(samplers)``),
+    ``dialect`` (checked), and the others as the adapter gives them or their default."""
+
+    stage_aliases: Mapping[str, str] = _Member()  # type: ignore[assignment]
+    default_params: Mapping[str, Mapping[str, Any]] = _Member()  # type: ignore[assignment]
+    named_cameras: Mapping[str, Any] = _Member()  # type: ignore[assignment]
+    latent_frame: Any = _Member()
+    device: Any = _Member()
+    verbose: bool | None = _Member()  # type: ignore[assignment]
+    render: Any = _Member()
+    to_mesh: Any = _Member()
+    to_voxels: Any = _Member()
+    examples: Any = _Member()
+    sample_many: Any = _Member()
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+        self.name: str = getattr(adapter, "name", None) or type(adapter).__name__
+        self.dialect: str = getattr(adapter, "dialect", ADAPTER_DEFAULTS["dialect"])
+        if self.dialect not in DIALECTS:
+            raise ParameterError(f"adapter {adapter!r} has dialect {self.dialect!r}; expected one of {', '.join(DIALECTS)}")
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(self.adapter.samplers)
 
 
 def traits(adapter: Adapter) -> AdapterTraits:
@@ -157,14 +182,7 @@ def traits(adapter: Adapter) -> AdapterTraits:
     >>> t.name, t.stage_names, t.dialect, tuple(t.named_cameras["front"])
     ('proxy', ('sparse_structure', 'texture'), 'trellis2', (0.0, 25.0))
     """
-    values = {key: getattr(adapter, key, default) for key, default in ADAPTER_DEFAULTS.items()}
-    values["name"] = values["name"] or type(adapter).__name__
-    values["stage_names"] = tuple(adapter.samplers)
-    for key in ("stage_aliases", "default_params", "named_cameras"):
-        values[key] = values[key] or {}
-    if values["dialect"] not in DIALECTS:
-        raise ParameterError(f"adapter {adapter!r} has dialect {values['dialect']!r}; expected one of {', '.join(DIALECTS)}")
-    return AdapterTraits(**values)
+    return AdapterTraits(adapter)
 
 
 # -- planning -------------------------------------------------------------------------------------
@@ -201,12 +219,13 @@ def patch_stages(
     frame: Any = None,
     registry: Registry | None = None,
     group: Any = None,
+    per_sample: bool = False,
 ) -> Iterator[dict[str, Patch]]:
     """Patch every stage's sampler with its aggregator; all are restored on exit.
 
     Stages that share one sampler instance share one patch (labelled ``"a+b"``), which
-    needs the same aggregator for both; different ones are an error. ``group``: as in
-    :func:`~trellis_mv.patch_sampler`.
+    needs the same aggregator for both; different ones are an error. ``group`` and
+    ``per_sample``: as in :func:`~trellis_mv.patch_sampler`.
     """
     process_group = group  # the name `group` is taken below by stages sharing a sampler
     groups: dict[int, list[str]] = {}
@@ -225,7 +244,7 @@ def patch_stages(
                     )
             patch = stack.enter_context(patch_sampler(
                 samplers[group[0]], first, weights=weights, stage="+".join(group), max_batch=max_batch,
-                cameras=cameras, frame=frame, group=process_group,
+                cameras=cameras, frame=frame, group=process_group, per_sample=per_sample,
             ))
             patches.update(dict.fromkeys(group, patch))
         yield patches
@@ -312,14 +331,7 @@ class MultiViewResult:
         Stages that share one sampler share one patch, listed once under their joined name
         (``"a+b"``), so every forward is counted once.
         """
-        unique = {id(p): p for p in self.patches.values()}.values()
-        stages = {
-            p.stage or "": {"aggregator": p.name, "sampling_runs": p.runs, "steps": len(p.records),
-                            "model_forwards": p.model_calls, "latent_rows": p.batch_rows}
-            for p in unique
-        }
-        return {"stages": stages, "model_forwards": sum(s["model_forwards"] for s in stages.values()),
-                "latent_rows": sum(s["latent_rows"] for s in stages.values()), "seconds": round(self.seconds, 3)}
+        return _cost(self.patches, self.seconds)
 
     def summary(self) -> dict[str, Any]:
         """What ``summary.json`` holds (without the file list)."""
@@ -341,6 +353,41 @@ class MultiViewResult:
             "params": {s: {**dict(defaults.get(s, {})), **self.params.get(s, {})} for s in self.aggregators},
             "cost": self.cost(),
         }
+
+
+def _cost(patches: Mapping[str, Patch], seconds: float) -> dict[str, Any]:
+    unique = {id(p): p for p in patches.values()}.values()
+    stages = {
+        p.stage or "": {"aggregator": p.name, "sampling_runs": p.runs, "steps": len(p.records),
+                        "model_forwards": p.model_calls, "latent_rows": p.batch_rows}
+        for p in unique
+    }
+    return {"stages": stages, "model_forwards": sum(s["model_forwards"] for s in stages.values()),
+            "latent_rows": sum(s["latent_rows"] for s in stages.values()), "seconds": round(seconds, 3)}
+
+
+@dataclass
+class BatchResult:
+    """What :func:`run_many` returns: one sampler run per stage that generated several objects.
+
+    :ivar output: what the adapter's ``sample_many`` returned: sample ``b`` is object ``b``'s.
+    :ivar views: per object, its views as the adapter prepared them.
+    :ivar seeds: per object, its seed (sample ``b`` equals :func:`run_multi_image` with ``seeds[b]``).
+    """
+
+    output: Any
+    adapter: Any
+    views: list[list[Any]]
+    aggregators: dict[str, Aggregator]
+    patches: dict[str, Patch]
+    params: dict[str, dict[str, Any]]
+    seeds: tuple[int, ...]
+    cameras: tuple[tuple[Camera | None, ...] | None, ...]
+    seconds: float = 0.0
+
+    def cost(self) -> dict[str, Any]:
+        """As :meth:`MultiViewResult.cost`, for the whole batch (each forward holds every object)."""
+        return _cost(self.patches, self.seconds)
 
 
 _LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
@@ -407,6 +454,67 @@ def run_multi_image(
     return MultiViewResult(output=output, adapter=adapter, views=list(views), aggregators=plan.aggregators,
                            patches=patches, params=plan.params, seed=plan.seed, num_samples=plan.num_samples,
                            weights=plan.weights, cameras=plan.cameras, seconds=seconds, inputs=inputs)
+
+
+def run_many(
+    adapter: Adapter,
+    image_sets: Sequence[Sequence[Any]],
+    *,
+    seeds: Sequence[int],
+    mode: StageSpec = "multidiffusion",
+    stages: Mapping[str, StageSpec] | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    cameras: Sequence[Sequence[Any] | None] | None = None,
+    max_batch: int | None = None,
+    registry: Registry | None = None,
+) -> BatchResult:
+    """Several objects in one generation: each stage's sampler runs once over all of them, every object
+    with its own views (its own number of them, too), cameras and seed.
+
+    Object ``b``'s sample equals :func:`run_multi_image` on ``image_sets[b]`` with seed ``seeds[b]``
+    (to floating-point tolerance), at the cost of one sampler run per stage for the whole batch:
+    a forward of view ``i`` pairs every object's latent with its own view ``i``
+    (:func:`~trellis_mv.patch_sampler`'s ``per_sample``). The adapter needs the optional
+    member ``sample_many(view_sets, *, seeds, params)``.
+
+    >>> adapter = load_adapter("proxy")
+    >>> images = [path for path, _ in adapter.examples()]
+    >>> batch = run_many(adapter, [images[:2], images[2:]], seeds=[1, 2], params={"texture": {"steps": 4}})
+    >>> tuple(batch.output.occupancy.shape), batch.cost()["stages"]["sparse_structure"]["model_forwards"]
+    ((2, 16, 16, 16), 12)
+    """
+    info = traits(adapter)
+    if info.sample_many is None:
+        raise ParameterError(f"the {info.name} adapter has no sample_many, so it cannot generate several objects in "
+                             "one run; call run_multi_image once per object")
+    if isinstance(image_sets, (str, bytes)) or not isinstance(image_sets, Sequence) or not image_sets:
+        raise ParameterError("image_sets must be a non-empty list with one list of images per object")
+    seeds = [check_seed(s) for s in seeds]
+    if len(seeds) != len(image_sets):
+        raise ParameterError(f"seeds has {len(seeds)} entries but there are {len(image_sets)} objects; give one seed each")
+    if cameras is not None and len(cameras) != len(image_sets):
+        raise ParameterError(f"cameras has {len(cameras)} entries but there are {len(image_sets)} objects; give one "
+                             "list (or None) per object")
+    plans = [_plan(adapter, images, mode=mode, stages=stages, weights=None, max_batch=max_batch, params=params,
+                   seed=seed, num_samples=1, cameras=None if cameras is None else cameras[b], registry=registry)
+             for b, (images, seed) in enumerate(zip(image_sets, seeds))]
+    first = plans[0]
+    if max_batch is not None and max_batch < len(plans):
+        raise ParameterError(f"max_batch={max_batch} is smaller than the {len(plans)} objects: one forward holds every "
+                             "object of a view, so raise max_batch or give fewer objects")
+    counts = [len(p.views) for p in plans]
+    weights = [[1.0 / n] * n + [0.0] * (max(counts) - n) for n in counts]
+    cams = [list(p.cameras) if p.cameras else [None] * len(p.views) for p in plans]
+    with _lock(adapter):
+        view_sets = [adapter.prepare(p.views) for p in plans]
+        start = time.perf_counter()
+        with patch_stages(adapter.samplers, first.aggregators, weights=weights, max_batch=max_batch, cameras=cams,
+                          frame=info.latent_frame, registry=registry, per_sample=True) as patches:
+            output = info.sample_many(view_sets, seeds=seeds, params=first.params)
+        seconds = time.perf_counter() - start
+    return BatchResult(output=output, adapter=adapter, views=view_sets, aggregators=first.aggregators, patches=patches,
+                       params=first.params, seeds=tuple(seeds), cameras=tuple(p.cameras for p in plans),
+                       seconds=seconds)
 
 
 def generate(

@@ -1,19 +1,38 @@
 """The conformance kit passes the built-ins and catches deliberately broken aggregators."""
 
+import types
+
 import pytest
 import torch
 
 import trellis_mv
-from trellis_mv.testing import check_aggregator
+from trellis_mv.aggregators.multidiffusion import MultiDiffusion
+from trellis_mv.aggregators.stochastic import Single, Stochastic
+from trellis_mv.testing import AggregatorTests, check_aggregator
 
 
-@pytest.mark.parametrize("name", ["multidiffusion", "stochastic", "single"])
-def test_builtins_conform(name):
-    check_aggregator(name)
+class TestMultiDiffusion(AggregatorTests):
+    aggregator, distribution = MultiDiffusion, "trellis-mv"
 
 
-def test_stochastic_random_order_conforms():
-    check_aggregator("stochastic", order="random", seed=7)
+class TestStochastic(AggregatorTests):
+    aggregator, distribution, options = Stochastic, "trellis-mv", [{}, {"order": "random", "seed": 7}]
+
+
+class TestSingle(AggregatorTests):
+    aggregator, distribution = Single, "trellis-mv"
+
+
+def test_shared_tests_name_a_wrong_distribution_and_a_failing_doctest(monkeypatch):
+    class Wrong(AggregatorTests):
+        aggregator, distribution = Single, "trellis-mv-weighted"
+
+    with pytest.raises(AssertionError, match="'single' comes from 'trellis-mv', not 'trellis-mv-weighted'"):
+        Wrong().test_is_registered_by_its_distribution()
+    bad = types.ModuleType("bad", ">>> 1 + 1\n3\n")
+    monkeypatch.setattr(Wrong, "doctest_modules", (bad,))
+    with pytest.raises(AssertionError, match="1 of 1 doctests of bad failed"):
+        Wrong().test_doctests()
 
 
 class Unguided:
@@ -75,6 +94,30 @@ class Sums:
         return step.guide(step.fuse(step.predict(), [1.0] * step.num_views))
 
 
+class IgnoresPadding:
+    """Uniform mean over every view column: a sample's padding views leak into its result."""
+
+    name = "ignores-padding"
+    fuses = True
+    order_free = True
+
+    def __call__(self, step):
+        preds = step.predict()
+        return step.guide(step.fuse(preds, [1.0 / len(preds)] * len(preds)))
+
+
+class FirstSampleWeights:
+    """Fuses every sample with the first sample's weights (right whenever the views are shared)."""
+
+    name = "first-sample-weights"
+    fuses = True
+    order_free = True
+    weighted = True
+
+    def __call__(self, step):
+        return step.guide(step.fuse(step.predict(), step.sample_weights[0].tolist()))
+
+
 class KeepsStateOnSelf:
     """Keeps a counter on self instead of step.state: the schedule leaks across runs."""
 
@@ -99,6 +142,8 @@ class KeepsStateOnSelf:
         (FirstViewClaimsOrderFree, "permuting views and weights"),
         (Sums, "identical views vs one view"),
         (KeepsStateOnSelf, "one view vs the unpatched sampler"),
+        (IgnoresPadding, "of a batch of objects with their own views"),
+        (FirstSampleWeights, "of a batch of objects with their own views"),
     ],
 )
 def test_kit_catches_broken_aggregators(broken, invariant):

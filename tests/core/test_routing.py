@@ -1,4 +1,4 @@
-"""Property tests: every view's conditioning reaches the latent copy it belongs to."""
+"""Property tests: every view's conditioning reaches the latent copy it belongs to, shared or per sample."""
 
 import torch
 from hypothesis import given
@@ -92,3 +92,53 @@ def test_select_passes_one_view_repeated_per_sample(n, b):
         pred = sampler._inference_model(Probe(), x, 0.5, cond, neg_cond=torch.zeros(1, 3, 2),
                                         guidance_strength=1.0, guidance_interval=(0.0, 1.0))
     assert torch.equal(pred[:, :1], n * 1000 + x[:, :1])
+
+
+def _own_latent(kind, b):
+    if kind == "dense":
+        return torch.zeros(b, 2, 3)
+    coords = torch.tensor([[i, k, 0, 0] for i in range(b) for k in range(i % 3)], dtype=torch.int32).reshape(-1, 4)
+    return SparseTensor(torch.zeros(coords.shape[0], 2), coords, batch_size=b)  # sample 0 has no voxels
+
+
+def _tagged(counts, n):
+    return torch.stack([
+        torch.stack([torch.full((3, 2), 100.0 * (b + 1) + v + 1) for v in range(n)]) for b in range(len(counts))
+    ])
+
+
+@given(
+    kind=st.sampled_from(["dense", "sparse"]),
+    counts=st.lists(st.integers(1, 4), min_size=1, max_size=4),
+    subset=st.data(),
+    cap=st.one_of(st.none(), st.integers(4, 12)),
+    neg=st.sampled_from(["one", "per-sample", "like-cond"]),
+)
+def test_predict_pairs_each_sample_with_its_own_view(kind, counts, subset, cap, neg):
+    b, n = len(counts), max(counts)
+    x = _own_latent(kind, b)
+    cond = _tagged(counts, n)  # sample b's view v: 100 * (b + 1) + v + 1
+    weights = [[1.0] * k + [0.0] * (n - k) for k in counts]
+    views = subset.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n), label="views")
+    neg_cond = {"one": torch.zeros(1, 3, 2), "per-sample": torch.zeros(b, 3, 2), "like-cond": torch.zeros_like(cond)}[neg]
+    cap = None if cap is None or cap < b else cap
+    probe, seen = Probe(), {}
+
+    class Look:
+        name = "look"
+
+        def __call__(self, step):
+            seen["preds"], seen["neg"] = step.predict(views), step.negative()
+            return step.guide(step.fuse(seen["preds"], [1 / len(views)] * len(views)))
+
+    sampler = FlowEulerGuidanceIntervalSampler()
+    with patch_sampler(sampler, Look(), per_sample=True, weights=weights, max_batch=cap) as patch:
+        sampler._inference_model(probe, x, 0.5, cond, neg_cond=neg_cond, guidance_strength=3.0, guidance_interval=(0.0, 1.0))
+    sample_of = x.coords[:, 0].long()[:, None] if kind == "sparse" else torch.arange(b).view(b, 1, 1).expand(b, 2, 3)
+    for v, pred in zip(views, seen["preds"], strict=True):
+        tag = 1000 * (100.0 * (sample_of + 1) + v + 1)  # the probe's output on a zero latent
+        assert torch.equal(T.feats(pred), tag.to(torch.float32).expand_as(T.feats(pred)))
+    assert not T.feats(seen["neg"]).any()
+    per_call = len(views) + 1 if cap is None else cap // b
+    assert all(rows <= per_call * b and rows % b == 0 for rows, _ in probe.calls)
+    assert patch.model_calls == -(-(len(views) + 1) // per_call)  # no forward beyond what max_batch forces

@@ -1,5 +1,6 @@
 """End to end on the proxy: torchrun over 2 processes and an interrupted run give the tables of one plain run."""
 
+import json
 import os
 import subprocess
 import sys
@@ -85,11 +86,10 @@ def test_interrupted_run_resumed_gives_the_same_tables(plain, tmp_path, monkeypa
     assert len(lines) == 3
     with open(out / "results" / "rank-0000.jsonl", "a") as f:  # and a job killed while its line was written
         f.write(lines[0][: len(lines[0]) // 2])
-    calls = []
-    real = _run._run_job
-    monkeypatch.setattr(_run, "_run_job", lambda *a: calls.append(a[2].key) or real(*a))
+    before = {json.loads(line)["key"] for line in lines}
     assert cli_main(["eval", *ARGS, "--out", str(out)]) == 0
-    assert len(calls) == 8 - 3  # the done jobs are skipped
+    after = [json.loads(line)["key"] for line in (out / "results" / "rank-0000.jsonl").read_text().splitlines()[4:]]
+    assert len(after) == 8 - 3 and not before & set(after)  # the done jobs are not run again
     for name in TABLES:
         assert (out / name).read_text() == (plain / name).read_text(), name
     assert cli_main(["eval", "report", str(out)]) == 0  # rebuilding from the files changes nothing
@@ -129,3 +129,21 @@ def test_restart_with_other_options_is_refused(plain, capsys):
 def test_report_of_a_folder_that_is_no_run(tmp_path, capsys):
     assert cli_main(["eval", "report", str(Path(tmp_path))]) == 2
     assert "is not the --out folder" in capsys.readouterr().err
+
+
+def test_batched_and_per_job_results_agree(plain, tmp_path):
+    """The same jobs one sampler run each (--batch 1) and many objects per run: every score to float tolerance."""
+    per_job = tmp_path / "per_job"
+    assert eval_main([*ARGS, "--out", str(per_job), "--batch", "1"]) == 0
+
+    def records(folder):
+        return {r["key"]: r for r in map(json.loads, (folder / "results" / "rank-0000.jsonl").read_text().splitlines())}
+
+    one, many = records(per_job), records(plain)
+    assert one.keys() == many.keys() and len(one) == 8
+    assert {r["timing"]["batch"] for r in one.values()} == {1} and max(r["timing"]["batch"] for r in many.values()) > 1
+    for key, rec in one.items():
+        assert rec["cost"] == many[key]["cost"], key  # a forward holds every object: the same count per generation
+        for metric, value in rec["metrics"].items():
+            other = many[key]["metrics"][metric]
+            assert (value is None and other is None) or abs(value - other) < 1e-4, (key, metric, value, other)

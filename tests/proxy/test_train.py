@@ -11,8 +11,8 @@ from trellis_mv.proxy.train import random_views, train
 TINY = ProxyConfig(width=16, heads=2, encoder_layers=1, structure_blocks=1, texture_blocks=1, patch=8)
 
 
-def test_a_run_continued_from_its_checkpoint_equals_an_uninterrupted_run(tmp_path):
-    kw = dict(steps=3, batch=2, shapes=4, seed=0, lr=1e-3, verbose=False, config=TINY, log_every=1)
+def test_a_legacy_run_continued_from_its_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    kw = dict(steps=3, batch=2, shapes=4, seed=0, lr=1e-3, verbose=False, config=TINY, log_every=1, legacy=True)
     whole = train(**kw)
     ckpt = tmp_path / "run.pt"
     first = train(**kw, ckpt=ckpt, time_limit=0.0)  # stops after one step and writes the checkpoint

@@ -15,7 +15,9 @@ class Median:
     def __call__(self, step):
         preds = step.predict()  # every view in one batched forward
         sparse = hasattr(preds[0], "feats")  # a sparse latent keeps its values in .feats
-        values = torch.stack([p.feats if sparse else p for p in preds]).median(dim=0).values
+        values = torch.stack([p.feats if sparse else p for p in preds])
+        # objects with their own views: each sample's padding views become NaN, which nanmedian skips
+        values = step.without_padding(values).nanmedian(dim=0).values
         return step.guide(preds[0].replace(values) if sparse else values)
 
 

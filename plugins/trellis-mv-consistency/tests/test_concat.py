@@ -1,15 +1,17 @@
-import doctest
 import math
 from dataclasses import replace
 
 import pytest
 import torch
-from trellis_mv_consistency import concat
 from trellis_mv_consistency.concat import Concat, takes_bias
 
 import trellis_mv
 from trellis_mv import AggregatorOptionError, patch_sampler
-from trellis_mv.testing import check_aggregator, make_problem
+from trellis_mv.testing import AggregatorTests, make_problem
+
+
+class TestConcat(AggregatorTests):
+    aggregator, distribution = Concat, "trellis-mv-consistency"
 
 
 class AttnDenoiser(torch.nn.Module):
@@ -37,19 +39,6 @@ class AttnDenoiser(torch.nn.Module):
 def attn_problem(**kw):
     problem = make_problem(**kw)
     return replace(problem, model=AttnDenoiser())
-
-
-def test_conforms():
-    check_aggregator("concat")
-
-
-def test_is_registered_by_its_distribution():
-    info = trellis_mv.get_registry(refresh=True).info("concat")
-    assert info.distribution == "trellis-mv-consistency" and info.factory is Concat
-
-
-def test_doctests():
-    assert doctest.testmod(concat).failed == 0
 
 
 @pytest.mark.parametrize("kind", ["dense", "sparse"])

@@ -1,5 +1,3 @@
-import doctest
-
 import pytest
 import torch
 from trellis_mv_consistency import consensus
@@ -8,24 +6,11 @@ from trellis_mv_consistency.consensus import Consensus, consensus_weights
 import trellis_mv
 from trellis_mv import AggregatorOptionError, patch_sampler
 from trellis_mv._tensors import feats
-from trellis_mv.testing import check_aggregator, make_problem
+from trellis_mv.testing import AggregatorTests, make_problem
 
 
-def test_conforms():
-    check_aggregator("consensus")
-
-
-def test_conforms_with_other_options():
-    check_aggregator("consensus", center="mean", tau=2.0, min_weight=0.1)
-
-
-def test_is_registered_by_its_distribution():
-    info = trellis_mv.get_registry(refresh=True).info("consensus")
-    assert info.distribution == "trellis-mv-consistency" and info.factory is Consensus
-
-
-def test_doctests():
-    assert doctest.testmod(consensus).failed == 0
+class TestConsensus(AggregatorTests):
+    aggregator, distribution, options = Consensus, "trellis-mv-consistency", [{}, dict(center="mean", tau=2.0, min_weight=0.1)]
 
 
 def outlier_problem(kind, seed):

@@ -1,32 +1,19 @@
-import doctest
 from dataclasses import replace
 
 import pytest
 import torch
 from spatial_helpers import CrossAttnDenoiser, run_proxy
-from trellis_mv_spatial import attention
 from trellis_mv_spatial.attention import Attention, find_cross_attention, query_entropy
 
 import trellis_mv
 import trellis_mv.testing
 from trellis_mv import AggregatorOptionError, patch_sampler
 from trellis_mv._tensors import feats
-from trellis_mv.testing import check_aggregator, make_problem
+from trellis_mv.testing import AggregatorTests, make_problem
 
 
-def test_conforms_on_a_model_with_cross_attention(monkeypatch):
-    # the kit's reference problems, with the reference denoiser's conditioning entering through cross-attention
-    monkeypatch.setattr(trellis_mv.testing, "TinyDenoiser", CrossAttnDenoiser)
-    check_aggregator("attention", max_examples=8)
-
-
-def test_is_registered_by_its_distribution():
-    info = trellis_mv.get_registry(refresh=True).info("attention")
-    assert info.distribution == "trellis-mv-spatial" and info.factory is Attention
-
-
-def test_doctests():
-    assert doctest.testmod(attention, optionflags=doctest.ELLIPSIS).failed == 0
+class TestAttention(AggregatorTests):  # the reference problems, the conditioning entering through cross-attention
+    aggregator, distribution, denoiser, max_examples = Attention, "trellis-mv-spatial", CrossAttnDenoiser, 8
 
 
 def test_a_model_without_cross_attention_is_an_error_naming_the_fix():

@@ -1,30 +1,17 @@
-import doctest
-
 import pytest
 import torch
 from spatial_helpers import run_proxy
-from trellis_mv_spatial import robust
-from trellis_mv_spatial.robust import Robust, robust_weights
+from trellis_mv_spatial.robust import METHODS, Robust, robust_weights
 
 import trellis_mv
 from trellis_mv import AggregatorOptionError, patch_sampler
 from trellis_mv._tensors import feats
 from trellis_mv.proxy import input_views, make_shape
-from trellis_mv.testing import check_aggregator, make_problem
+from trellis_mv.testing import AggregatorTests, make_problem
 
 
-@pytest.mark.parametrize("method", ["median", "trimmed", "huber"])
-def test_conforms(method):
-    check_aggregator("robust", method=method, max_examples=8)
-
-
-def test_is_registered_by_its_distribution():
-    info = trellis_mv.get_registry(refresh=True).info("robust")
-    assert info.distribution == "trellis-mv-spatial" and info.factory is Robust
-
-
-def test_doctests():
-    assert doctest.testmod(robust).failed == 0
+class TestRobust(AggregatorTests):
+    aggregator, distribution, options, max_examples = Robust, "trellis-mv-spatial", [{"method": m} for m in METHODS], 8
 
 
 @pytest.mark.parametrize("options, option", [(dict(method="mean"), "method"), (dict(trim=0.5), "trim"),

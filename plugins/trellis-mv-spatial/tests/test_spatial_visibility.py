@@ -1,34 +1,24 @@
-import doctest
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from spatial_helpers import run_proxy
-from trellis_mv_spatial import _elements, visibility
+from trellis_mv_spatial import _elements
 from trellis_mv_spatial.visibility import Visibility, voxel_visibility
 
 import trellis_mv
 from trellis_mv import AggregatorOptionError, patch_sampler
 from trellis_mv._tensors import feats
-from trellis_mv.testing import check_aggregator, make_problem
+from trellis_mv.testing import AggregatorTests, make_problem
+
+
+class TestVisibility(AggregatorTests):  # without cameras: the weighted mean, through the same code
+    aggregator, distribution, options = Visibility, "trellis-mv-spatial", [{"require_cameras": False}]
+    doctest_modules = (_elements,)
+
 
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True, database=None)
 cameras = st.tuples(st.floats(0, 359), st.floats(-60, 80))
-
-
-def test_conforms_without_cameras():
-    check_aggregator("visibility", require_cameras=False)  # no camera: the weighted mean, through the same code
-
-
-def test_is_registered_by_its_distribution():
-    info = trellis_mv.get_registry(refresh=True).info("visibility")
-    assert info.distribution == "trellis-mv-spatial" and info.factory is Visibility
-
-
-def test_doctests():
-    assert doctest.testmod(visibility).failed == 0
-    assert doctest.testmod(_elements).failed == 0
 
 
 def test_no_camera_is_refused_before_model_work():

@@ -1,30 +1,14 @@
-import doctest
-
 import pytest
 import torch
-import trellis_mv_weighted
 from trellis_mv_weighted import Weighted
 
 import trellis_mv
 from trellis_mv import AggregatorOptionError, patch_sampler
-from trellis_mv.testing import check_aggregator, make_problem
+from trellis_mv.testing import AggregatorTests, make_problem
 
 
-def test_conforms():
-    check_aggregator("weighted")
-
-
-def test_conforms_with_a_schedule():
-    check_aggregator("weighted", schedule="front-early")
-
-
-def test_is_registered_by_its_distribution():
-    info = trellis_mv.get_registry(refresh=True).info("weighted")
-    assert info.distribution == "trellis-mv-weighted" and info.factory is Weighted
-
-
-def test_doctests():
-    assert doctest.testmod(trellis_mv_weighted).failed == 0
+class TestWeighted(AggregatorTests):
+    aggregator, distribution, options = Weighted, "trellis-mv-weighted", [{}, {"schedule": "front-early"}]
 
 
 @pytest.mark.parametrize(

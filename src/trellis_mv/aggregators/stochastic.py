@@ -5,6 +5,9 @@ sampler sees view ``i mod N`` (``order="cycle"``) or the ``i``-th entry of a see
 order in which every view appears once per N steps (``order="random"``). Each step costs
 exactly one single-view step. ``single`` always uses one chosen view: the single-view
 baseline, and the way to condition a stage on one view (e.g. the texture on the front).
+
+With per-sample views each sample follows its own schedule over its own views (``N`` its
+own view count), exactly as a run of that sample alone would.
 """
 
 from __future__ import annotations
@@ -43,25 +46,28 @@ class Stochastic:
         """The view used at step ``index`` of a run (``state`` is the run's state)."""
         if self.order == "cycle":
             return index % num_views
-        order: list[int] = state.setdefault("order", [])
-        if len(order) <= index:
-            gen = state.setdefault("generator", torch.Generator().manual_seed(self.seed))
-            while len(order) <= index:
-                order.extend(torch.randperm(num_views, generator=gen).tolist())
+        # one order per view count: samples with the same count follow the order a run of one would
+        order, gen = state.setdefault(f"order of {num_views}", ([], torch.Generator().manual_seed(self.seed)))
+        while len(order) <= index:
+            order.extend(torch.randperm(num_views, generator=gen).tolist())
         return order[index]
 
     def __call__(self, step: Step) -> Any:
-        if step.num_steps is not None and step.num_views > step.num_steps and not step.state.get("warned"):
+        counts = step.sample_num_views
+        most = max(counts)
+        if step.num_steps is not None and most > step.num_steps and not step.state.get("warned"):
             step.state["warned"] = True
             warnings.warn(
-                f"stochastic: {step.num_views} views but only {step.num_steps} steps"
+                f"stochastic: {most} views but only {step.num_steps} steps"
                 f"{f' in stage {step.stage!r}' if step.stage else ''}: each step uses one view, so "
-                f"{step.num_views - step.num_steps} view(s) will not be used. Raise the steps or use "
+                f"{most - step.num_steps} view(s) will not be used. Raise the steps or use "
                 "multidiffusion, which uses every view at every step.",
                 UserWarning,
                 stacklevel=2,
             )
-        return step.select(self.view_at(step.index, step.num_views, step.state))
+        if not step.per_sample:
+            return step.select(self.view_at(step.index, step.num_views, step.state))
+        return step.select([self.view_at(step.index, n, step.state) for n in counts])
 
     def __repr__(self) -> str:
         return f"Stochastic(order={self.order!r}, seed={self.seed})"

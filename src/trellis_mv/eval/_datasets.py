@@ -30,6 +30,7 @@ cameras with the held-out photos (no ground-truth mesh needed).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -43,7 +44,15 @@ from trellis_mv import parse_camera, proxy
 from trellis_mv.voxels import mesh_from_voxels
 
 __all__ = [
-    "VIEW_SETS", "Dataset", "EvalObject", "FolderDataset", "ProxyDataset", "given_views", "parse_dataset", "write_example_folder",
+    "VIEW_SETS",
+    "Dataset",
+    "EvalObject",
+    "FolderDataset",
+    "ProxyDataset",
+    "WrongView",
+    "given_views",
+    "parse_dataset",
+    "write_example_folder",
 ]
 
 #: The standard given views for N = 1, 2 and 4.
@@ -186,6 +195,41 @@ def given_views(names: Sequence[str], num_views: int) -> tuple[str, ...]:
     if standard and all(v in names for v in standard):
         return tuple(standard)
     return tuple(names[:num_views])
+
+
+class WrongView:
+    """A data set whose view ``view`` of every object is the next object's (in the data set's order): one
+    wrong photo among right ones, as a careless capture gives; the ground truth stays the object's own.
+
+    >>> ds = WrongView(ProxyDataset(objects=2), "back")
+    >>> a, b = (ProxyDataset(objects=2).load(o) for o in ds.object_ids())
+    >>> bool((ds.load(a.object_id).images["back"] == b.images["back"]).all()), ds.describe()
+    (True, 'proxy:first_object=0,objects=2+wrong_view=back')
+    """
+
+    def __init__(self, dataset: Dataset, view: str) -> None:
+        self.dataset, self.view = dataset, view
+
+    def describe(self) -> str:
+        return f"{self.dataset.describe()}+wrong_view={self.view}"
+
+    def object_ids(self) -> list[str]:
+        return self.dataset.object_ids()
+
+    def view_names(self, object_id: str) -> list[str]:
+        names = self.dataset.view_names(object_id)
+        if self.view not in names:
+            raise ValueError(f"--wrong-view {self.view!r}: object {object_id!r} has no such view; its views are "
+                             f"{', '.join(names)}")
+        return names
+
+    def load(self, object_id: str) -> EvalObject:
+        ids = self.object_ids()
+        if len(ids) < 2:
+            raise ValueError("--wrong-view needs at least 2 objects: each object's view comes from the next one")
+        obj = self.dataset.load(object_id)
+        other = self.dataset.load(ids[(ids.index(object_id) + 1) % len(ids)])
+        return dataclasses.replace(obj, images={**obj.images, self.view: other.images[self.view]})
 
 
 def parse_dataset(text: str | Dataset, *, first_object: int = 0, objects: int | None = None) -> Dataset:

@@ -22,10 +22,11 @@ import torch
 from trellis_mv._errors import TrellisMVError, ViewError
 from trellis_mv._images import image_tensor, load_image
 from trellis_mv._views import Camera, parse_camera
-from trellis_mv.eval._datasets import Dataset, EvalObject, given_views, parse_dataset
+from trellis_mv.eval._datasets import Dataset, EvalObject, WrongView, given_views, parse_dataset
 from trellis_mv.eval._jobs import SINGLE, Job, Placement, ResultStore, build_jobs, pending, placement, shard
 from trellis_mv.eval._metrics import score_mesh, view_scores
-from trellis_mv.eval._voxel_metrics import score_voxels
+from trellis_mv.eval._voxel_metrics import VoxelTruth, score_voxels_batch
+from trellis_mv.run import traits
 from trellis_mv.voxels import mesh_from_voxels
 
 __all__ = ["Generation", "evaluate"]
@@ -54,31 +55,73 @@ def _load_adapter(model: str, device: str) -> Any:
     return load_adapter(model, device=device)
 
 
-def _generate(adapter: Any, images: Sequence[Any], spec: str, seed: int, *, params: Mapping[str, Any] | None = None,
-              max_batch: int | None = None, cameras: Sequence[Any] | None = None, group: Any = None) -> Generation:
-    """One multi-view generation of one sample through the run path, with its cost."""
+def _stage_spec(spec: str) -> tuple[str, dict[str, str] | None]:
+    """An evaluation's aggregator spec as ``run_multi_image``'s ``mode`` and ``stages``.
+
+    ``"multidiffusion"`` is one aggregator for every stage; ``"texture=visibility"`` (several joined by
+    ``+``: ``"sparse_structure=stochastic+texture=single:view=0"``) names stages, the others keep
+    ``multidiffusion``.
+
+    >>> _stage_spec("robust:estimator=median"), _stage_spec("sparse_structure=stochastic+texture=single:view=0")
+    (('robust:estimator=median', None), ('multidiffusion', {'sparse_structure': 'stochastic', 'texture': 'single:view=0'}))
+    """
+    head = spec.split(":", 1)[0]
+    if "=" not in head:
+        return spec, None
+    stages: dict[str, str] = {}
+    for part in spec.split("+"):
+        stage, eq, agg = part.partition("=")
+        if not eq or not stage.strip() or not agg.strip():
+            raise ValueError(f"--aggregators {spec!r}: expected AGGREGATOR or STAGE=AGGREGATOR[+STAGE=AGGREGATOR...], "
+                             "e.g. texture=visibility")
+        stages[stage.strip()] = agg.strip()
+    return "multidiffusion", stages
+
+
+def _generate(adapter: Any, image_sets: Sequence[Sequence[Any]], spec: str, seeds: Sequence[int], *,
+              params: Mapping[str, Any] | None = None, max_batch: int | None = None,
+              cameras: Sequence[Sequence[Any] | None] | None = None, group: Any = None) -> Generation:
+    """One generation of every object of a chunk through the run path, with its cost.
+
+    With the adapter's ``sample_many`` (and no process group), the chunk is one sampler run per
+    stage (:func:`trellis_mv.run.run_many`); otherwise one :func:`trellis_mv.run_multi_image` per
+    object, its outputs kept in a list. ``model_forwards`` is what one object's generation needs
+    (every forward of a batch holds every object); ``latent_rows`` and ``seconds`` are per object.
+    """
+    from trellis_mv.run import run_many, run_multi_image, traits
+
     device = _device_of(adapter)
     cuda = device is not None and device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    mode, stages = _stage_spec(spec)
     start = time.perf_counter()
     with warnings.catch_warnings():  # stochastic with more views than steps warns; not the point of an evaluation
         warnings.simplefilter("ignore")
-        from trellis_mv import run_multi_image
-
         # views go in as a user's images would (an adapter may accept tensors too, but every model takes images)
-        run = run_multi_image(adapter, [_as_image(im) for im in images], mode=spec, max_batch=max_batch, seed=seed,
-                              num_samples=1, params=dict(params or {}), cameras=cameras, group=group)
+        images = [[_as_image(im) for im in views] for views in image_sets]
+        if traits(adapter).sample_many is not None and group is None:
+            run = run_many(adapter, images, seeds=seeds, mode=mode, stages=stages, params=dict(params or {}),
+                           cameras=cameras, max_batch=max_batch)
+            output, forwards, rows = run.output, run.cost()["model_forwards"], run.cost()["latent_rows"]
+        else:
+            outputs, forwards, rows = [], 0, 0
+            for b, (views, seed) in enumerate(zip(images, seeds)):
+                one = run_multi_image(adapter, views, mode=mode, stages=stages, max_batch=max_batch, seed=seed,
+                                      params=dict(params or {}), cameras=None if cameras is None else cameras[b],
+                                      group=group)
+                outputs.append(one.output)
+                forwards, rows = one.cost()["model_forwards"], rows + one.cost()["latent_rows"]
+            output = outputs
     if cuda:
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    cost = run.cost()
+    n = len(image_sets)
     return Generation(
-        output=run.output,
-        model_forwards=cost["model_forwards"],
-        latent_rows=cost["latent_rows"],
-        seconds=seconds,
+        output=output,
+        model_forwards=forwards,
+        latent_rows=rows // n,
+        seconds=(time.perf_counter() - start) / n,
         peak_memory_mib=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
     )
 
@@ -93,7 +136,7 @@ def _as_image(image: Any) -> Any:
 
 
 def _device_of(adapter: Any) -> torch.device | None:
-    dev = getattr(adapter, "device", None)
+    dev = traits(adapter).device
     return torch.device(dev) if dev is not None else None
 
 
@@ -101,8 +144,9 @@ def _first_mesh(adapter: Any, output: Any) -> Any:
     """The first sample as a ``trimesh.Trimesh``: the adapter's ``to_mesh``, else a mesh the output is or holds."""
     import trimesh
 
-    if callable(getattr(adapter, "to_mesh", None)):
-        return adapter.to_mesh(output)
+    to_mesh = traits(adapter).to_mesh
+    if to_mesh is not None:
+        return to_mesh(output)
     if isinstance(output, trimesh.Trimesh):
         return output
     mesh = output.meshes[0] if hasattr(output, "meshes") else output  # TRELLIS.2 / TRELLIS: a list of mesh objects
@@ -126,42 +170,112 @@ def _camera(obj: EvalObject, view: str, names: Any) -> Camera | None:
         return None
 
 
-def _score(adapter: Any, obj: EvalObject, job: Job, gen: Generation) -> dict[str, float]:
-    names = getattr(adapter, "named_cameras", None)
-    if obj.shape is not None and callable(getattr(adapter, "to_voxels", None)):
-        occupancy, colors = adapter.to_voxels(gen.output)
-        return score_voxels(occupancy, colors, obj.shape, [_camera(obj, v, names) for v in job.views])
+def _mesh_and_view_scores(adapter: Any, obj: EvalObject, job: Job, output: Any) -> dict[str, float]:
+    """Scores of one object's result without voxels: against its true mesh, and renders against its photos."""
+    info = traits(adapter)
     scores: dict[str, float] = {}
     truth = obj.mesh
     if truth is None and obj.shape is not None:  # another model on the proxy's objects: compare meshes
         truth = mesh_from_voxels(obj.shape.occupancy, obj.shape.colors)
     if truth is not None:
-        scores.update(score_mesh(_first_mesh(adapter, gen.output), truth))
-    render = getattr(adapter, "render", None)
-    cameras = {v: c for v in obj.view_names if (c := _camera(obj, v, names)) is not None}
-    if callable(render) and cameras and obj.shape is None:
+        scores.update(score_mesh(_first_mesh(adapter, output), truth))
+    cameras = {v: c for v in obj.view_names if (c := _camera(obj, v, info.named_cameras)) is not None}
+    if info.render is not None and cameras and obj.shape is None:
         given = {v: _photo(adapter, obj.images[v]) for v in job.views if v in cameras}
         held = {v: _photo(adapter, obj.images[v]) for v in obj.view_names if v not in job.views and v in cameras}
-        scores.update(view_scores(render, gen.output, given, cameras, "given"))
-        scores.update(view_scores(render, gen.output, held, cameras, "heldout"))
+        scores.update(view_scores(info.render, output, given, cameras, "given"))
+        scores.update(view_scores(info.render, output, held, cameras, "heldout"))
     return scores
 
 
-def _run_job(adapter: Any, obj: EvalObject, job: Job, params: Mapping[str, Any] | None, max_batch: int | None,
-             group: Any = None) -> dict[str, Any]:
-    images = [obj.images[v] for v in job.views]
-    cameras = [_camera(obj, v, getattr(adapter, "named_cameras", None)) for v in job.views]
-    gen = _generate(adapter, images, job.aggregator, job.seed, params=params, max_batch=max_batch,
-                    cameras=cameras if any(c is not None for c in cameras) else None, group=group)
-    metrics = {k: (float(v) if v is not None and math.isfinite(float(v)) else None)
-               for k, v in _score(adapter, obj, job, gen).items()}
-    return {
-        "key": job.key, "object": job.object_id, "aggregator": job.aggregator, "views": list(job.views),
-        "seed_index": job.seed_index, "seed": job.seed, "metrics": metrics,
-        "cost": {"model_forwards": gen.model_forwards, "latent_rows": gen.latent_rows},
-        "timing": {"seconds": round(gen.seconds, 6),
-                   **({"peak_memory_mib": round(gen.peak_memory_mib, 1)} if gen.peak_memory_mib is not None else {})},
-    }
+class _Objects:
+    """The objects of the running chunk and each object's :class:`VoxelTruth` (on the model's device), loaded once."""
+
+    def __init__(self, ds: Dataset, device: torch.device | None) -> None:
+        self.ds, self.device = ds, device or torch.device("cpu")
+        self._objects: dict[str, EvalObject] = {}
+        self._truths: dict[str, VoxelTruth] = {}
+
+    def get(self, object_id: str) -> EvalObject:
+        if object_id not in self._objects:
+            self._objects[object_id] = self.ds.load(object_id)
+        return self._objects[object_id]
+
+    def truth(self, obj: EvalObject) -> VoxelTruth:
+        if obj.object_id not in self._truths:
+            assert obj.shape is not None
+            self._truths[obj.object_id] = VoxelTruth(obj.shape, self.device)
+        return self._truths[obj.object_id]
+
+    def keep(self, object_ids: set[str]) -> None:
+        """Forget the objects no later chunk needs."""
+        for cache in (self._objects, self._truths):
+            for oid in [o for o in cache if o not in object_ids]:
+                del cache[oid]
+
+
+def _run_chunk(adapter: Any, objects: _Objects, chunk: Sequence[Job], params: Mapping[str, Any] | None,
+               max_batch: int | None, group: Any = None) -> list[dict[str, Any]]:
+    """Generate and score jobs that share (aggregator, number of views): one record each."""
+    info = traits(adapter)
+    objs = [objects.get(job.object_id) for job in chunk]
+    cameras = [[_camera(obj, v, info.named_cameras) for v in job.views] for obj, job in zip(objs, chunk)]
+    gen = _generate(adapter, [[obj.images[v] for v in job.views] for obj, job in zip(objs, chunk)],
+                    chunk[0].aggregator, [job.seed for job in chunk], params=params, max_batch=max_batch,
+                    cameras=[c if any(x is not None for x in c) else None for c in cameras], group=group)
+    voxel = info.to_voxels is not None and all(obj.shape is not None for obj in objs)
+    if voxel:
+        if isinstance(gen.output, list):
+            occ, col = (torch.cat(parts) for parts in zip(*(info.to_voxels(o) for o in gen.output)))
+        else:
+            occ, col = info.to_voxels(gen.output)
+        batch = score_voxels_batch(occ, col, [objects.truth(obj) for obj in objs], cameras)
+        names = list(batch)
+        table = torch.stack([batch[k].double() for k in names], 1).cpu().tolist()  # one copy for the whole chunk
+        per_job = [dict(zip(names, row)) for row in table]
+    else:
+        outputs = gen.output if isinstance(gen.output, list) else [gen.output]
+        per_job = [_mesh_and_view_scores(adapter, obj, job, out) for obj, job, out in zip(objs, chunk, outputs)]
+    records = []
+    for job, scores in zip(chunk, per_job):
+        metrics = {k: (float(v) if v is not None and math.isfinite(float(v)) else None) for k, v in scores.items()}
+        records.append({
+            "key": job.key, "object": job.object_id, "aggregator": job.aggregator, "views": list(job.views),
+            "seed_index": job.seed_index, "seed": job.seed, "metrics": metrics,
+            "cost": {"model_forwards": gen.model_forwards, "latent_rows": gen.latent_rows},
+            "timing": {"seconds": round(gen.seconds, 6), "batch": len(chunk),
+                       **({"peak_memory_mib": round(gen.peak_memory_mib, 1)} if gen.peak_memory_mib is not None else {})},
+        })
+    return records
+
+
+def _chunks(todo: Sequence[Job], batch: int) -> list[list[Job]]:
+    """The jobs grouped by (aggregator, number of views), in order, cut into chunks of at most ``batch``.
+
+    >>> jobs = [Job(o, a, ("front",), 0) for a in ("x", "y") for o in "abc"]
+    >>> [[j.object_id + j.aggregator for j in c] for c in _chunks(jobs, 2)]
+    [['ax', 'bx'], ['cx'], ['ay', 'by'], ['cy']]
+    """
+    groups: dict[tuple[str, int], list[Job]] = {}
+    for job in todo:
+        groups.setdefault((job.aggregator, len(job.views)), []).append(job)
+    return [jobs[i : i + batch] for jobs in groups.values() for i in range(0, len(jobs), batch)]
+
+
+def _batch_size(device: str, batch: int | None, max_batch: int | None, num_views: int, out: Path) -> int:
+    """Objects per sampler run: ``batch``; else the folder's (a resume keeps its chunks); else 256 on a GPU and
+    16 on a CPU (an adapter without ``sample_many`` runs them one by one anyway), within ``max_batch`` rows a forward."""
+    if batch is not None:
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"--batch {batch!r}: must be an integer >= 1")
+        return batch
+    config = out / _CONFIG_FILE
+    if config.exists():
+        old = json.loads(config.read_text()).get("batch")
+        if isinstance(old, int) and old >= 1:
+            return old
+    size = 256 if device.startswith("cuda") else 16
+    return max(1, min(size, max_batch // (num_views + 1))) if max_batch else size
 
 
 # ------------------------------------------------------------------------------------------
@@ -178,7 +292,9 @@ def _check_aggregators(aggregators: Sequence[str]) -> list[str]:
         if name == SINGLE and options:
             raise ValueError(f"--aggregators {spec!r}: the single-view baselines (single:view=i for every given view) "
                              "are always run; drop it")
-        resolve(spec)  # an unknown name or option fails here, before any model work
+        mode, stages = _stage_spec(spec)
+        for part in [mode, *(stages or {}).values()]:
+            resolve(part)  # an unknown name or option fails here, before any model work
         if name != SINGLE and spec not in out:
             out.append(spec)
     if "multidiffusion" not in out:
@@ -236,6 +352,8 @@ def evaluate(
     report: bool = True,
     wait_seconds: float | None = None,
     spread_views: bool = False,
+    batch: int | None = None,
+    wrong_view: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate aggregators on a data set; write results under ``out`` and, on rank 0, the tables.
 
@@ -257,20 +375,30 @@ def evaluate(
     :param spread_views: instead of sharding jobs over the ranks, every rank runs every job with
         the views of each step spread over the ranks (``torch.distributed``, see
         :func:`trellis_mv.patch_sampler`'s ``group``); rank 0 records the results.
+    :param batch: objects generated together in one sampler run (jobs that share aggregator and
+        number of views; default 256 on a GPU, 16 on a CPU). The results do not depend on it.
+    :param wrong_view: replace this view of every object by the next object's (:class:`WrongView`):
+        how an aggregator copes with one wrong photo.
     :returns: ``{"jobs": total, "ran": by this rank, "pending": left, "report": paths or None}``.
     """
     where = where or placement()
     out = Path(out)
     ds = parse_dataset(dataset, first_object=first_object, objects=objects)
+    if wrong_view is not None:
+        ds = WrongView(ds, wrong_view)
     specs = _check_aggregators(aggregators)
     counts = _check_views(views, ds)
     if seeds < 1:
         raise ValueError(f"--seeds {seeds}: need at least 1 seed")
     if max_jobs is not None and max_jobs < 0:
         raise ValueError(f"--max-jobs {max_jobs}: must be >= 0")
-    model_name = model if adapter is None else getattr(adapter, "name", type(adapter).__name__)
+    model_name = model if adapter is None else traits(adapter).name
+    run_device = str(traits(adapter).device) if adapter is not None else _pick_device(device, where)
+    size = _batch_size(run_device, batch, max_batch, max(counts), out)
+    # the chunks decide the float rounding of every result (a batch's forwards are one matrix product), so they
+    # are part of the configuration: a resume, any number of ranks, any order give the same chunks
     config = {"model": model_name, "dataset": ds.describe(), "views": counts, "aggregators": specs, "seeds": seeds,
-              "params": json.loads(json.dumps(params or {}, default=list)), "max_batch": max_batch}
+              "params": json.loads(json.dumps(params or {}, default=list)), "max_batch": max_batch, "batch": size}
     _check_config(out, config)
 
     ids = ds.object_ids()
@@ -285,17 +413,20 @@ def evaluate(
 
     store = ResultStore(out)
     group = _views_group(spread_views, where)
-    mine = jobs if group is not None else shard(jobs, where.rank, where.world_size)
-    todo = pending(mine, store.done())
-    if max_jobs is not None:
-        todo = todo[:max_jobs]
+    chunks = _chunks(jobs, size)
+    mine = chunks if group is not None else shard(chunks, where.rank, where.world_size)
+    done = store.done()
+    todo = [c for c in mine if any(j.key not in done for j in c)]
+    share = sum(len(c) for c in mine)
+    left_mine = sum(1 for c in todo for j in c if j.key not in done)
     if progress and where.world_size > 1:
-        print(f"rank {where.rank} of {where.world_size} (from {where.source}): {len(todo)} of its {len(mine)} jobs to run",
+        print(f"rank {where.rank} of {where.world_size} (from {where.source}): {left_mine} of its {share} jobs to run",
               flush=True)
     ran = 0
-    if todo:
-        adapter = adapter if adapter is not None else _load_adapter(model, _pick_device(device, where))
-        ran = _work(adapter, ds, todo, store, where, len(mine), len(jobs), params, max_batch, progress, group)
+    if todo and max_jobs != 0:
+        adapter = adapter if adapter is not None else _load_adapter(model, run_device)
+        ran = _work(adapter, ds, todo, set(done), store, where, share, len(jobs), params, max_batch, progress, group,
+                    max_jobs)
     left = len(pending(jobs, store.done()))
     result: dict[str, Any] = {"jobs": len(jobs), "ran": ran, "pending": left, "report": None}
     if where.rank != 0 or not report or max_jobs is not None:
@@ -342,29 +473,38 @@ def _views_group(spread_views: bool, where: Placement) -> Any:
     return dist.group.WORLD
 
 
-def _work(adapter: Any, ds: Dataset, todo: list[Job], store: ResultStore, where: Placement, share: int, total: int,
-          params: Mapping[str, Any] | None, max_batch: int | None, progress: bool, group: Any = None) -> int:
+def _work(adapter: Any, ds: Dataset, chunks: list[list[Job]], done: set[str], store: ResultStore, where: Placement,
+          share: int, total: int, params: Mapping[str, Any] | None, max_batch: int | None, progress: bool,
+          group: Any = None, max_jobs: int | None = None) -> int:
+    """Run whole chunks (a chunk's jobs already done are computed along, for the same rounding, but not written);
+    stop after ``max_jobs`` new results. Returns how many were written."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=share, initial=share - len(todo), desc=f"rank {where.rank}", position=where.rank,
+    left = sum(1 for c in chunks for j in c if j.key not in done)
+    bar = tqdm(total=share, initial=share - left, desc=f"rank {where.rank}", position=where.rank,
                disable=not progress, dynamic_ncols=True, leave=where.rank == 0)
+    written = 0
     start, done_at_start, last_peek = time.perf_counter(), store.count(), 0.0
-    current: EvalObject | None = None
     dev = _device_of(adapter)
+    objects = _Objects(ds, dev)
     device_name = (torch.cuda.get_device_name(dev) if dev is not None and dev.type == "cuda"
                    else f"cpu, {torch.get_num_threads()} threads")
     try:
-        for k, job in enumerate(todo):
-            if current is None or current.object_id != job.object_id:
-                current = ds.load(job.object_id)
-            record = _run_job(adapter, current, job, params, max_batch, group)
-            record["finished_at"] = round(time.time(), 3)  # for throughput; not part of any table
-            record["device"] = device_name
-            if group is None or where.rank == 0:  # views spread over the ranks: every rank holds the same result
-                store.append(where.rank, record)
-            bar.update(1)
+        for k, chunk in enumerate(chunks):
+            if max_jobs is not None and written >= max_jobs:
+                break
+            objects.keep({j.object_id for c in chunks[k:] for j in c})
+            for record in _run_chunk(adapter, objects, chunk, params, max_batch, group):
+                if record["key"] in done or (max_jobs is not None and written >= max_jobs):
+                    continue
+                record["finished_at"] = round(time.time(), 3)  # for throughput; not part of any table
+                record["device"] = device_name
+                if group is None or where.rank == 0:  # views spread over the ranks: every rank holds the same result
+                    store.append(where.rank, record)
+                written += 1
+                bar.update(1)
             now = time.perf_counter()
-            if where.rank == 0 and where.world_size > 1 and progress and (now - last_peek > 5 or k == len(todo) - 1):
+            if where.rank == 0 and where.world_size > 1 and progress and (now - last_peek > 5 or k == len(chunks) - 1):
                 last_peek = now
                 done = store.count()
                 rate = (done - done_at_start) / max(now - start, 1e-9)
@@ -372,7 +512,7 @@ def _work(adapter: Any, ds: Dataset, todo: list[Job], store: ResultStore, where:
                 bar.set_postfix_str(f"all ranks {done}/{total}, ETA {_hms(eta)}")
     finally:
         bar.close()
-    return len(todo)
+    return written
 
 
 def _hms(seconds: float) -> str:

@@ -222,8 +222,8 @@ def score_voxels_batch(
 
     # the shape: IoU, and Chamfer / F-score through exact distance transforms
     out["iou"] = ratio(flat(occ & true_occ), flat(occ | true_occ), torch.ones((), dtype=torch.float64, device=dev))
-    to_true = _squared_distance_to(true_occ).sqrt()
-    to_pred = _squared_distance_to(occ).sqrt()
+    to_true = _squared_distance_to(true_occ).double().sqrt()  # sums in float64: the same whatever the batch
+    to_pred = _squared_distance_to(occ).double().sqrt()
     n_pred, n_true = flat(occ), flat(true_occ)
     mean_pt = flat(torch.where(occ, to_true, 0.0)).double() / n_pred.clamp_min(1)
     mean_tp = flat(torch.where(true_occ, to_pred, 0.0)).double() / n_true.clamp_min(1)
@@ -268,7 +268,7 @@ def score_voxels_batch(
     t_img = torch.stack([t.heldout[0] for t in truths]).flatten(0, 1)
     t_mask = torch.stack([t.heldout[1] for t in truths]).flatten(0, 1)
     covered = (mask | t_mask)[:, None].expand_as(img).reshape(b, -1)
-    err = ((img - t_img).abs().reshape(b, -1) * covered).sum(1).double()
+    err = ((img - t_img).abs().double().reshape(b, -1) * covered).sum(1)
     out["heldout_color_error"] = torch.where(covered.sum(1) > 0, err / covered.sum(1).clamp_min(1), 0.0)
     return out
 

@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
         out=args.out, dataset=args.dataset, model=args.model, views=args.views, aggregators=args.aggregators,
         seeds=args.seeds, first_object=args.first_object, objects=args.objects, params=_stage_params(args),
         max_batch=args.max_batch, device=args.device, max_jobs=args.max_jobs, progress=not args.quiet,
-        report=not args.no_report, spread_views=args.spread_views,
+        report=not args.no_report, spread_views=args.spread_views, batch=args.batch, wrong_view=args.wrong_view,
     )
     from trellis_mv.eval._jobs import placement
     from trellis_mv.eval._report import DEFAULT_MIN_EFFECT, write_report
@@ -104,7 +104,14 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objects", type=int, default=None, help="how many objects (default: proxy 10, folder all)")
     p.add_argument("--views", type=int, nargs="+", default=[1, 2, 4], help="numbers of given views (default 1 2 4)")
     p.add_argument("--aggregators", nargs="+", default=["multidiffusion"], metavar="AGGREGATOR[:k=v,...]",
-                   help="aggregators to compare; the single-view baselines and multidiffusion are always run")
+                   help="aggregators to compare; the single-view baselines and multidiffusion are always run. "
+                        "STAGE=AGGREGATOR[+STAGE=AGGREGATOR...] names stages (the others keep multidiffusion), "
+                        "e.g. texture=visibility")
+    p.add_argument("--batch", type=int, default=None,
+                   help="objects generated together in one sampler run (default: 256 on a GPU, 16 on a CPU); "
+                        "the results do not depend on it")
+    p.add_argument("--wrong-view", default=None, metavar="VIEW",
+                   help="replace this view of every object by the next object's (one wrong photo among right ones)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per object and aggregator (default 1)")
     p.add_argument("--out", help="results folder; an existing one is resumed (same options)")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if there is CUDA), cpu or cuda")

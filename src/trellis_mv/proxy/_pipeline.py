@@ -170,10 +170,31 @@ class ProxyAdapter:
         Sample ``k`` draws its noise from seed ``seed + k`` alone, so a batch of samples
         equals the same seeds drawn one at a time.
         """
-        merged = {s: {**self.default_params[s], **dict((params or {}).get(s, {}))} for s in STAGES}
         cond = self.get_cond(views)
-        neg = torch.zeros_like(cond[:1])
-        gens = [torch.Generator(device="cpu").manual_seed(seed + k) for k in range(num_samples)]
+        out = self._sample(cond, [seed + k for k in range(num_samples)], params)
+        return ProxyResult(occupancy=out.occupancy.cpu(), colors=out.colors.cpu())
+
+    @torch.no_grad()
+    def sample_many(self, view_sets: Sequence[Sequence[torch.Tensor]], *, seeds: Sequence[int],
+                    params: Mapping[str, Mapping[str, Any]] | None = None) -> ProxyResult:
+        """One sample per view set, all in one sampler run per stage, left on the model's device.
+
+        The conditioning is per sample, ``[B, N, L, C]`` (sets with fewer views padded at the
+        end, :func:`trellis_mv.pad_views`), for a sampler patched with ``per_sample=True``;
+        sample ``b`` draws its noise from ``seeds[b]`` as :meth:`sample` would.
+        """
+        from trellis_mv._views import pad_views
+
+        tokens = self.get_cond([view for views in view_sets for view in views])  # one encoder pass for all
+        cond, _ = pad_views(list(tokens.split([len(views) for views in view_sets])))
+        return self._sample(cond, list(seeds), params)
+
+    def _sample(self, cond: torch.Tensor, seeds: Sequence[int], params: Mapping[str, Mapping[str, Any]] | None
+                ) -> ProxyResult:
+        merged = {s: {**self.default_params[s], **dict((params or {}).get(s, {}))} for s in STAGES}
+        num_samples = len(seeds)
+        neg = torch.zeros_like(cond.flatten(0, cond.ndim - 3)[:1])
+        gens = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
         noise = torch.stack([torch.randn((8, 8, 8, 8), generator=g) for g in gens]).to(self.device)
         out = self.samplers["sparse_structure"].sample(
             self.models.structure, noise, cond, neg, verbose=self.verbose, tqdm_desc="sparse_structure",
@@ -193,15 +214,15 @@ class ProxyAdapter:
         colors = torch.zeros((*occ.shape, 3), device=self.device)
         c = coords.long()
         colors[c[:, 0], c[:, 1], c[:, 2], c[:, 3]] = (out.samples.feats.float().clamp(-1, 1) + 1) / 2
-        return ProxyResult(occupancy=occ.cpu(), colors=colors.cpu())
+        return ProxyResult(occupancy=occ, colors=colors)
 
     def render(self, output: ProxyResult, camera: Any, size: int) -> torch.Tensor:
         """The first sample seen from ``camera`` (a name of :data:`NAMED_VIEWS`, ``"AZ,EL"``, a pair): ``float [3, size, size]``.
 
-        >>> pipe = ProxyPipeline()
+        >>> pipe = ProxyAdapter()
         >>> out = ProxyResult(torch.ones(1, 16, 16, 16, dtype=torch.bool), torch.ones(1, 16, 16, 16, 3))
         >>> tuple(pipe.render(out, "front", 32).shape), pipe.to_voxels(out)[0].shape, len(pipe.to_mesh(out).faces)
-        ((3, 32, 32), torch.Size([16, 16, 16]), 3072)
+        ((3, 32, 32), torch.Size([1, 16, 16, 16]), 3072)
         """
         return voxels.render(output.occupancy[0], output.colors[0], [camera], size, names=self.named_cameras)[0][0]
 
@@ -210,8 +231,8 @@ class ProxyAdapter:
         return voxels.mesh_from_voxels(output.occupancy[0], output.colors[0])
 
     def to_voxels(self, output: ProxyResult) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first sample: ``occupancy bool [16, 16, 16]`` and ``colors float [16, 16, 16, 3]``."""
-        return output.occupancy[0], output.colors[0]
+        """Every sample, where it lies: ``occupancy bool [B, 16, 16, 16]`` and ``colors float [B, 16, 16, 16, 3]``."""
+        return output.occupancy, output.colors
 
     def export(self, result: Any, folder: Path) -> list[str]:
         """``mesh.glb`` and ``comparison.png`` per sample (``mesh_1.glb``, ... after the first)."""

@@ -25,6 +25,13 @@ repeating a view's tokens is not weighting it (duplicates attend exactly as one 
 ignoring the request silently would be worse. Equal biases change nothing (softmax is
 shift-invariant) and work everywhere.
 
+Per-sample views (``patch_sampler(..., per_sample=True)``): each sample's sequence holds its
+own views' tokens. Samples with different numbers of views ``n_b`` get sequences of one
+length ``M * L`` by repeating each sample's whole sequence ``M / n_b`` times, ``M`` the least
+common multiple of the ``n_b``: K copies of a sequence attend exactly as the sequence, so this
+is exact on any model; the positive then attends to ``M`` views' worth of tokens (group
+objects by view count to keep ``M`` at the largest count).
+
 >>> import torch, trellis_mv
 >>> from trellis_mv.samplers import FlowEulerGuidanceIntervalSampler
 >>> sampler, model = FlowEulerGuidanceIntervalSampler(), lambda x, t, cond, **kw: x - cond.mean()
@@ -95,6 +102,8 @@ class Concat:
         self.bias = None if bias is None else [float(b) for b in bias]
 
     def __call__(self, step: Step) -> Any:
+        if step.per_sample:
+            return self._per_sample(step)
         cond = step.cond
         if cond.ndim != 3:
             raise _fail("cond", f"must be token sequences [N, L, C] to concatenate; the views' conditioning has shape "
@@ -122,7 +131,42 @@ class Concat:
         cond_bias = per_token.repeat_interleave(length).unsqueeze(0).expand(step.batch_size, -1)
         # the negative gets the same bias, so it is tiled to the same length: K copies of one row
         # attend as that row does, whatever bias each copy gets
-        neg = step.views.neg.repeat(1, len(keep), 1) if step.views.neg is not None else None
+        neg = step.neg_cond.repeat(1, len(keep), 1) if step.neg_cond is not None else None
+        return step.sampler_call(tokens, neg=neg, **{BIAS_KEYWORD: cond_bias})
+
+    def _per_sample(self, step: Step) -> Any:
+        cond = step.cond
+        if cond.ndim != 4:
+            raise _fail("cond", f"must be token sequences [B, N, L, C] to concatenate; the views' conditioning has "
+                                f"shape {tuple(cond.shape)}")
+        b, n, length, width = cond.shape
+        bias = self.bias if self.bias is not None else [0.0] * n
+        if len(bias) != n:
+            raise _fail("option bias", f"gives {len(bias)} biases but this sampler call has {n} views; "
+                                       "give one bias per view")
+        counts = step.sample_num_views
+        key = f"concat {counts}"
+        if key not in step.state:  # once per run: each sample's views, its whole sequence repeated to M views
+            m = math.lcm(*counts)
+            order = [[v for _ in range(m // k) for v in range(k)] for k in counts]
+            step.state[key] = (torch.arange(b, device=cond.device)[:, None], torch.tensor(order, device=cond.device))
+        rows, index = step.state[key]
+        tokens = cond[rows, index].reshape(b, -1, width)  # [B, M * L, C]
+        weights = step.sample_weights.tolist()
+        logits = [[bias[i] + math.log(w[i]) for i in range(k)] for w, k in zip(weights, counts, strict=True)]
+        if all(max(row) - min(row) <= 1e-12 for row in logits):
+            return step.sampler_call(tokens)
+        if not takes_bias(step.model):
+            unequal_bias = any(len({bias[i] for i in range(k)}) > 1 for k in counts)
+            given = f"option bias={bias}" if unequal_bias else f"weights={weights}"
+            raise _fail(given, f"asks for unequal attention to the views, but the model's forward takes no "
+                               f"{BIAS_KEYWORD!r} keyword to bias its attention per view. Repeating tokens is not "
+                               "weighting: use equal weights and biases with this model, or an aggregator that weights "
+                               "predictions ('weighted', 'multidiffusion')")
+        shifted = [[v - max(row) for v in row] + [0.0] * (n - len(row)) for row in logits]
+        per_view = torch.tensor(shifted, dtype=cond.dtype, device=cond.device)
+        cond_bias = per_view.gather(1, index).repeat_interleave(length, dim=1)  # [B, M * L]
+        neg = step.neg_cond.repeat(1, index.shape[1], 1) if step.neg_cond is not None else None
         return step.sampler_call(tokens, neg=neg, **{BIAS_KEYWORD: cond_bias})
 
     def __repr__(self) -> str:

@@ -17,7 +17,9 @@ predictions. Then the sampler's guidance is applied once. A view where every vie
 keeps its weight ``w_i``; two views of equal weight are equally far from their centre, so
 their gates are equal and the result is ``multidiffusion``'s.
 Smaller ``tau`` rejects disagreement harder; ``min_weight > 0`` never silences a view fully.
-Views of weight 0 are not evaluated. Works on dense and sparse latents.
+Views of weight 0 are not evaluated. Works on dense and sparse latents, and with per-sample
+views (each sample's own weights; its padding views weigh 0 and do not enter its centre, scale
+or result).
 
 >>> import torch, trellis_mv
 >>> from trellis_mv.samplers import FlowEulerGuidanceIntervalSampler
@@ -49,12 +51,14 @@ def _fail(option: str, message: str) -> AggregatorOptionError:
 
 
 def _weighted_median(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Per element over dim 0 of ``x`` (``[V, ...]``), with view weights ``w`` (``[V]``, sum 1).
+    """Per element over dim 0 of ``x`` (``[V, R, E]``), with view weights ``w`` (``[V]`` or ``[V, R, 1]``, sum 1).
 
-    Where the cumulative weight reaches exactly 1/2 between two views, their mean.
+    Where the cumulative weight reaches exactly 1/2 between two views, their mean; views of
+    weight 0 never count.
     """
+    w = w.view(-1, *([1] * (x.ndim - 1))) if w.ndim == 1 else w
     values, order = x.sort(dim=0)
-    cum = w[order].cumsum(dim=0)
+    cum = w.expand_as(x).gather(0, order).cumsum(dim=0)
     eps = 1e-6
     last = x.shape[0] - 1
     lower = (cum < 0.5 - eps).sum(dim=0, keepdim=True).clamp(max=last)
@@ -75,7 +79,8 @@ def consensus_weights(
     """Per-element fusion weights ``[V, R, E]`` (summing to 1 over views) for x0 predictions ``[V, R, E]``.
 
     ``R`` rows (dense: one per sample; sparse: one per voxel) of ``E`` elements;
-    ``sample_of_row`` (``[R]``) says which sample each row belongs to.
+    ``sample_of_row`` (``[R]``) says which sample each row belongs to; ``weights`` are the
+    views' weights ``[V]``, or per row ``[V, R]`` (each sample its own; 0 leaves a view out).
 
     >>> x0 = torch.tensor([[[0.0, 1.0]], [[0.1, 1.0]], [[5.0, 1.0]]])    # 3 views, 1 row, 2 elements
     >>> a = consensus_weights(x0, torch.full((3,), 1 / 3), torch.zeros(1, dtype=torch.long), 1)
@@ -83,9 +88,10 @@ def consensus_weights(
     ([0.499, 0.501, 0.0], [0.333, 0.333, 0.333])
     """
     w = weights.to(x0.dtype)
-    m = _weighted_median(x0, w) if center == "median" else (w.view(-1, 1, 1) * x0).sum(0)
+    w = w.view(-1, 1, 1) if w.ndim == 1 else w.unsqueeze(-1)  # [V, 1 or R, 1]
+    m = _weighted_median(x0, w) if center == "median" else (w * x0).sum(0)
     d2 = (x0 - m) ** 2
-    per_row = (w.view(-1, 1, 1) * d2).sum(0).sum(-1)  # [R]
+    per_row = (w * d2).sum(0).sum(-1)  # [R]
     total = torch.zeros(num_samples, dtype=d2.dtype, device=d2.device).index_add_(0, sample_of_row, per_row)
     count = torch.bincount(sample_of_row, minlength=num_samples).to(d2.dtype) * x0.shape[-1]
     s2 = (total / count.clamp_min(1))[sample_of_row].view(1, -1, 1)
@@ -93,7 +99,7 @@ def consensus_weights(
     log_gate = -z if min_weight == 0 else torch.logaddexp(
         torch.full_like(z, math.log(min_weight)), math.log1p(-min_weight) - z
     )
-    return torch.softmax(w.log().view(-1, 1, 1) + log_gate, dim=0)
+    return torch.softmax(w.log() + log_gate, dim=0)
 
 
 class Consensus:
@@ -118,8 +124,10 @@ class Consensus:
         self.center = center
 
     def __call__(self, step: Step) -> Any:
-        weights = step.weights.tolist()
-        keep = [i for i, w in enumerate(weights) if w > 0]
+        if step.per_sample:
+            keep = (step.sample_weights > 0).any(0).nonzero().flatten().tolist()  # a host tensor: no device sync
+        else:
+            keep = [i for i, w in enumerate(step.weights.tolist()) if w > 0]
         preds = step.predict(keep)
         if len(preds) == 1:
             return step.guide(preds[0])
@@ -132,9 +140,14 @@ class Consensus:
         else:
             sample_of_row = torch.arange(rows, device=values.device)
         work = torch.promote_types(x0.dtype, torch.float32)
-        kept = torch.tensor([weights[i] for i in keep], dtype=work, device=values.device)
+        if step.per_sample:  # per row: the weights of its sample's views
+            kept = step.sample_weights[:, keep].to(device=values.device, dtype=work)
+            kept = (kept / kept.sum(1, keepdim=True))[sample_of_row].T
+        else:
+            kept = step.weights[keep].to(device=values.device, dtype=work)
+            kept = kept / kept.sum()
         a = consensus_weights(
-            x0.reshape(len(keep), rows, -1).to(work), kept / kept.sum(), sample_of_row, step.batch_size,
+            x0.reshape(len(keep), rows, -1).to(work), kept, sample_of_row, step.batch_size,
             tau=self.tau, min_weight=self.min_weight, center=self.center,
         )
         fused = (a.to(values.dtype) * values.reshape(len(keep), rows, -1)).sum(0).reshape(values.shape[1:])

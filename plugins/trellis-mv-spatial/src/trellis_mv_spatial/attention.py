@@ -51,7 +51,7 @@ import torch
 from trellis_mv import AggregatorOptionError, Step, hookimpl
 from trellis_mv.sparse import is_sparse
 
-from ._elements import Elements, elements, kept_views, number_option, record_view_diagnostics
+from ._elements import ElementAggregator, Elements, elements, number_option
 
 __all__ = ["Attention", "Site", "find_cross_attention", "query_entropy"]
 
@@ -89,7 +89,7 @@ def _context(args: tuple, kwargs: dict) -> torch.Tensor:
     return ctx
 
 
-def _probe_proxy(m: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+def _probe_proxy(m: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     x, ctx = args[0], _context(args, kwargs)
     b, n, w = x.shape
     h = m.heads
@@ -98,7 +98,7 @@ def _probe_proxy(m: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
     return query_entropy(q, k)
 
 
-def _probe_trellis(m: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+def _probe_trellis(m: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     x, ctx = args[0], _context(args, kwargs)
     h = m.num_heads
     kv = m.to_kv(ctx)
@@ -212,25 +212,17 @@ def _to_elements(ent: torch.Tensor, copies: int, step: Step, el: Elements) -> to
                 "this model's query layout is not supported, use 'visibility' or 'robust'")
 
 
-class Attention:
+class Attention(ElementAggregator):
     """Per element, views weighted by how sharply their cross-attention focuses (MV-SAM3D style)."""
 
     name = "attention"
-    fuses = True
-    order_free = True
-    weighted = True
 
     def __init__(self, *, alpha: float = 10.0) -> None:
         self.alpha = number_option("attention", "alpha", alpha, low=0.0,
                                    meaning=" (how strongly lower attention entropy wins, per unit of normalised entropy)")
 
-    def __call__(self, step: Step) -> Any:
-        keep = kept_views(step)
-        if len(keep) == 1:
-            preds = step.predict(keep)
-            el = elements(step, preds, keep)
-            record_view_diagnostics(step, el, torch.ones(1, el.rows, dtype=torch.float64, device=el.values.device))
-            return step.guide(preds[0])
+    def evaluate(self, step: Step, views: list[int]) -> Elements:
+        """The views' predictions, with each view's attention entropy per element captured during the forward."""
         sites = find_cross_attention(step.model)
         if not sites:
             raise _fail(f"the model {type(step.model).__name__} has no cross-attention module to hook (looked for "
@@ -248,22 +240,24 @@ class Attention:
         try:
             for site in sites:
                 handles.append(site.module.register_forward_hook(hook(site), with_kwargs=True))
-            preds = step.predict(keep)
+            preds = step.predict(views)
         finally:
             for handle in handles:
                 handle.remove()
-        el = elements(step, preds, keep)
-        entropy = torch.zeros(len(keep), el.rows, dtype=torch.float64, device=el.values.device)
+        el = elements(step, preds, views)
+        entropy = torch.zeros(len(views), el.rows, dtype=torch.float64, device=el.values.device)
         for site in sites:
             ent = torch.cat(site.captured, 0)
             site.captured.clear()
             rows = ent.shape[0] // (step.batch_size if ent.ndim == 2 or el.spatial is not None else el.rows)
-            entropy += _to_elements(ent, rows, step, el)[: len(keep)].to(entropy)
-        entropy /= len(sites)
-        a = torch.softmax(el.prior.to(entropy).log().view(-1, 1) - self.alpha * entropy, dim=0)
+            entropy += _to_elements(ent, rows, step, el)[: len(views)].to(entropy)
+        el.notes["entropy"] = entropy / len(sites)
+        return el
+
+    def element_weights(self, step: Step, el: Elements) -> torch.Tensor:
+        entropy = el.notes["entropy"]
         step.record("attention_entropy", el.per_element(entropy.float()))
-        record_view_diagnostics(step, el, a)
-        return step.guide(el.fuse(a))
+        return torch.softmax(el.prior.to(entropy).log() - self.alpha * entropy, dim=0)
 
     def __repr__(self) -> str:
         return f"Attention(alpha={self.alpha})"

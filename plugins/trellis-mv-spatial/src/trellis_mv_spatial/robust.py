@@ -31,13 +31,11 @@ distance at N = 4.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from trellis_mv import AggregatorOptionError, Step, hookimpl
 
-from ._elements import elements, kept_views, number_option, record_view_diagnostics
+from ._elements import ElementAggregator, Elements, number_option
 
 __all__ = ["METHODS", "Robust", "robust_weights"]
 
@@ -46,7 +44,7 @@ METHODS = ("median", "trimmed", "huber")
 
 def _median_weights(values: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
     _sorted_values, order = values.sort(dim=0)
-    cum = prior.view(-1, 1, 1).expand_as(values).gather(0, order).cumsum(0)
+    cum = prior.expand_as(values).gather(0, order).cumsum(0)
     last = values.shape[0] - 1
     eps = 1e-9
     lower = (cum < 0.5 - eps).sum(0, keepdim=True).clamp(max=last)
@@ -58,7 +56,7 @@ def _median_weights(values: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
 
 def _trimmed_weights(values: torch.Tensor, prior: torch.Tensor, trim: float) -> torch.Tensor:
     _, order = values.sort(dim=0)
-    w_sorted = prior.view(-1, 1, 1).expand_as(values).gather(0, order)
+    w_sorted = prior.expand_as(values).gather(0, order)
     hi = w_sorted.cumsum(0)
     lo = hi - w_sorted
     kept = (torch.minimum(hi, torch.full_like(hi, 1 - trim)) - torch.maximum(lo, torch.full_like(lo, trim))).clamp_min(0)
@@ -68,17 +66,19 @@ def _trimmed_weights(values: torch.Tensor, prior: torch.Tensor, trim: float) -> 
 
 def _huber_weights(values: torch.Tensor, prior: torch.Tensor, sample_of_row: torch.Tensor, num_samples: int,
                    delta: float, iterations: int = 10) -> torch.Tensor:
-    p = prior.view(-1, 1, 1)
+    p = prior
     centre = (_median_weights(values, prior) * values).sum(0)
     dev = (values - centre).abs()
+    # a view of prior 0 (a sample's padding) is no part of its sample's spread
+    dev = torch.where(p.expand_as(values) > 0, dev, torch.full_like(dev, torch.nan))
     scale = torch.zeros(num_samples, dtype=values.dtype, device=values.device)
     for b in range(num_samples):
         rows = sample_of_row == b
         if bool(rows.any()):
             # the median absolute deviation; where most views agree exactly it is 0: then the mean one
-            scale[b] = 1.4826 * dev[:, rows].median()
+            scale[b] = 1.4826 * dev[:, rows].nanmedian()
             if scale[b] == 0:
-                scale[b] = 1.2533 * dev[:, rows].mean()
+                scale[b] = 1.2533 * dev[:, rows].nanmean()
     s = (scale[sample_of_row] * delta).view(1, -1, 1)
     w = p.expand_as(values)
     for _ in range(iterations):
@@ -94,10 +94,12 @@ def robust_weights(values: torch.Tensor, prior: torch.Tensor, sample_of_row: tor
     """Per view, element and channel, the weight ``[V, R, E]`` (summing to 1 over views) of ``method``.
 
     :param values: the views' predictions ``[V, R, E]`` (``R`` elements of ``E`` channels).
-    :param prior: the views' weights ``[V]``, summing to 1.
+    :param prior: the views' weights ``[V]``, summing to 1, or per element ``[V, R]`` (each
+        element its own sample's; a view of weight 0 there gets weight 0).
     :param sample_of_row: ``[R]``, which sample each element belongs to (``huber``'s scale is per sample).
     """
     prior = prior.to(values)
+    prior = prior.view(-1, 1, 1) if prior.ndim == 1 else prior.unsqueeze(-1)  # [V, 1 or R, 1]
     if method == "median":
         return _median_weights(values, prior)
     if method == "trimmed":
@@ -105,13 +107,10 @@ def robust_weights(values: torch.Tensor, prior: torch.Tensor, sample_of_row: tor
     return _huber_weights(values, prior, sample_of_row, num_samples, delta)
 
 
-class Robust:
+class Robust(ElementAggregator):
     """Per element, the median, trimmed mean or Huber estimate across views: one bad view cannot drag it."""
 
     name = "robust"
-    fuses = True
-    order_free = True
-    weighted = True
 
     def __init__(self, *, method: str = "median", trim: float = 0.25, delta: float = 1.345) -> None:
         if method not in METHODS:
@@ -123,18 +122,10 @@ class Robust:
         self.delta = number_option("robust", "delta", delta, low=0.0, low_open=True,
                                    meaning=" (Huber's threshold in robust spreads)")
 
-    def __call__(self, step: Step) -> Any:
-        keep = kept_views(step)
-        preds = step.predict(keep)
-        el = elements(step, preds, keep)
-        if len(keep) == 1:
-            record_view_diagnostics(step, el, torch.ones(1, el.rows, dtype=torch.float64, device=el.values.device))
-            return step.guide(preds[0])
+    def element_weights(self, step: Step, el: Elements) -> torch.Tensor:
         work = el.values.to(torch.promote_types(el.values.dtype, torch.float32))
-        a = robust_weights(work, el.prior, el.sample_of_row, step.batch_size, method=self.method, trim=self.trim,
-                           delta=self.delta)
-        record_view_diagnostics(step, el, a)
-        return step.guide(el.fuse(a))
+        return robust_weights(work, el.prior, el.sample_of_row, step.batch_size, method=self.method, trim=self.trim,
+                              delta=self.delta)
 
     def __repr__(self) -> str:
         return f"Robust(method={self.method!r}, trim={self.trim}, delta={self.delta})"

@@ -2,7 +2,8 @@
 
 Needs each view's camera (``patch_sampler(..., cameras=[...])``; on the command line
 ``--images front.png@0 side.png@90``), which the core hands over as
-``step.view_directions``, unit vectors towards each camera in the latent's own axes.
+``step.sample_directions``, unit vectors towards each camera in the latent's own axes (with
+per-sample views, each sample's own cameras).
 
 * **Sparse latents** (voxel coordinates known, e.g. the texture stage, whose shape is
   fixed): per voxel and view, the *gain* ``exp(temperature * (cos - 1))``, where ``cos`` is
@@ -49,7 +50,7 @@ import torch
 
 from trellis_mv import AggregatorOptionError, Step, hookimpl
 
-from ._elements import Elements, combine_known, elements, kept_views, number_option, record_view_diagnostics
+from ._elements import ElementAggregator, Elements, combine_known, number_option
 
 __all__ = ["Visibility", "directional_gain", "voxel_visibility"]
 
@@ -144,7 +145,8 @@ def directional_gain(positions: torch.Tensor, spatial: tuple[int, ...], directio
 
     ``cos`` is the cosine between the element's offset from the grid centre and the view's
     direction (0 at the centre, where every view counts the same). A grid of fewer than three
-    spatial dimensions uses the first components of the directions.
+    spatial dimensions uses the first components of the directions. ``directions`` is ``[K, 3]``,
+    or per element ``[R, K, 3]`` (each element its own sample's cameras).
 
     >>> pos = torch.tensor([[0, 0, 0], [1, 1, 1]])           # two corners of a 2^3 grid
     >>> directional_gain(pos, (2, 2, 2), torch.tensor([[1.0, 1.0, 1.0]]) / 3**0.5, 2.0).round(decimals=3)
@@ -157,17 +159,17 @@ def directional_gain(positions: torch.Tensor, spatial: tuple[int, ...], directio
     centre = torch.tensor(spatial, dtype=torch.float64, device=positions.device) / 2
     offset = positions.double() + 0.5 - centre
     offset = offset / offset.norm(dim=1, keepdim=True).clamp_min(1e-9)
-    cos = offset @ directions[:, :dims].to(offset).T  # [R, K]
+    if directions.ndim == 3:
+        cos = (offset.unsqueeze(1) * directions[..., :dims].to(offset)).sum(-1)  # [R, K]
+    else:
+        cos = offset @ directions[:, :dims].to(offset).T  # [R, K]
     return torch.exp(temperature * (cos.nan_to_num(0.0) - 1)).T
 
 
-class Visibility:
+class Visibility(ElementAggregator):
     """Per element, views weighted by how squarely they see it (occlusion exact on voxels); needs cameras."""
 
     name = "visibility"
-    fuses = True
-    order_free = True
-    weighted = True
     #: refuses several views without cameras: a loop over every aggregator gives cameras or skips this one
     needs_cameras = True
 
@@ -191,32 +193,48 @@ class Visibility:
             )
 
     def gains(self, step: Step, el: Elements, directions: torch.Tensor) -> torch.Tensor:
-        """``[V, R]`` gains in ``[0, 1]`` of the kept views (any value where a view has no camera)."""
+        """``[V, R]`` gains in ``[0, 1]`` of the kept views (any value where a view has no camera).
+
+        ``directions``: the kept views' ``[V, 3]``, or per sample ``[B, V, 3]``, on the host (the
+        voxel march is cached by their values, read without a device sync).
+        """
         if el.spatial is not None:
-            return directional_gain(el.positions(), el.spatial, directions, self.temperature)
+            directions = directions.to(el.values.device)
+            per_row = directions[el.sample_of_row] if directions.ndim == 3 else directions
+            return directional_gain(el.positions(), el.spatial, per_row, self.temperature)
         coords = step.x_t.coords
-        key = tuple(round(v, 9) for v in directions.nan_to_num(9.0).flatten().tolist())
+        # the distinct directions: per sample they repeat (the same named cameras), so each is marched once
+        flat = directions.reshape(-1, 3)
+        key = tuple(round(v, 9) for v in flat.nan_to_num(9.0).flatten().tolist())
         cached = step.state.get("visibility")
         if cached is None or cached[0] is not coords or cached[1] != key:
-            facing, visible = voxel_visibility(coords, directions)
-            cached = (coords, key, facing, visible)
+            unique, which = torch.unique(flat.nan_to_num(9.0), dim=0, return_inverse=True)
+            unique = torch.where(unique == 9.0, torch.nan, unique)
+            facing, visible = voxel_visibility(coords, unique)
+            gain = visible * torch.exp(self.temperature * (facing - 1))  # [U, M]
+            if directions.ndim == 3:  # per sample: each row's view from its own sample's cameras
+                rows = torch.arange(coords.shape[0], device=gain.device)
+                which = which.view(directions.shape[:2]).to(gain.device)[el.sample_of_row.to(gain.device)].T
+                gain = gain[which, rows]
+            else:
+                gain = gain[which.to(gain.device)]
+            cached = (coords, key, gain)
             step.state["visibility"] = cached
-        facing, visible = cached[2], cached[3]
-        return visible * torch.exp(self.temperature * (facing - 1))
+        return cached[2]
 
-    def __call__(self, step: Step) -> Any:
-        keep = kept_views(step)
-        preds = step.predict(keep)
-        el = elements(step, preds, keep)
-        if len(keep) == 1:
-            record_view_diagnostics(step, el, torch.ones(1, el.rows, dtype=torch.float64, device=el.values.device))
-            return step.guide(preds[0])
-        directions = step.view_directions[keep].to(el.values.device)
-        known = torch.isfinite(directions).all(1)
-        gain = self.gains(step, el, directions) if bool(known.any()) else torch.ones(len(keep), el.rows)
-        a = combine_known(el.prior.to(gain.device), gain.to(torch.float64), known.to(gain.device), self.floor)
-        record_view_diagnostics(step, el, a)
-        return step.guide(el.fuse(a))
+    def element_weights(self, step: Step, el: Elements) -> torch.Tensor:
+        device = el.values.device
+        if step.per_sample:
+            directions = step.sample_directions[:, el.views]  # [B, V, 3], on the host
+            seen = torch.isfinite(directions).all(-1)
+            known = seen.to(device)[el.sample_of_row].T  # [V, R]
+        else:
+            directions = step.view_directions[el.views]
+            seen = known = torch.isfinite(directions).all(1)
+        if not bool(seen.any()):  # a host tensor: no device sync
+            return el.prior
+        gain = self.gains(step, el, directions)
+        return combine_known(el.prior.to(gain.device), gain.to(torch.float64), known.to(gain.device), self.floor)
 
     def __repr__(self) -> str:
         return f"Visibility(temperature={self.temperature}, floor={self.floor}, require_cameras={self.require_cameras})"

@@ -11,6 +11,9 @@ where ``p`` are the user's weights per view, given to the patch
 default), and ``s(t)`` is the option ``schedule``, a piecewise-linear function of the
 sampler's time ``t`` (``t = 1`` is pure noise, the start of sampling; ``t = 0`` the end),
 constant when no schedule is given. A view whose weight is 0 is not evaluated at all.
+With per-sample views (``patch_sampler(..., per_sample=True)``) each sample's schedule is
+the one for its own number of views, times its own weights; a view no sample weights is not
+evaluated.
 
 A schedule is a list of knots ``(t, [s_0, ..., s_{N-1}])`` whose times cover ``[0, 1]``
 (one knot at 1, one at 0); each knot's weights are normalised, then interpolated linearly
@@ -41,6 +44,8 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import torch
 
 from trellis_mv import AggregatorOptionError, Step, hookimpl
 
@@ -146,13 +151,28 @@ class Weighted:
         raise AssertionError("unreachable: the knots cover [0, 1]")
 
     def __call__(self, step: Step) -> Any:
-        raw = [s * p for s, p in zip(self.weights_at(step.t, step.num_views), step.weights.tolist())]
-        total = sum(raw)
-        if total <= 0:
-            raise _fail("schedule", f"at t={step.t:.3f} gives weight 0 to every view the patch weights keep "
-                        f"(patch weights {step.weights.tolist()}); no view is left to follow")
-        keep = [i for i, w in enumerate(raw) if w > 0]
-        return step.guide(step.fuse(step.predict(keep), [raw[i] / total for i in keep]))
+        if not step.per_sample:
+            raw = [s * p for s, p in zip(self.weights_at(step.t, step.num_views), step.weights.tolist())]
+            total = sum(raw)
+            if total <= 0:
+                raise self._nothing_left(step, step.weights.tolist())
+            keep = [i for i, w in enumerate(raw) if w > 0]
+            return step.guide(step.fuse(step.predict(keep), [raw[i] / total for i in keep]))
+        n = step.num_views
+        at = {k: self.weights_at(step.t, k) for k in set(step.sample_num_views)}  # each sample: its own view count
+        schedule = torch.tensor([at[k] + [0.0] * (n - k) for k in step.sample_num_views], dtype=torch.float64)
+        per_sample = schedule * step.sample_weights
+        totals = per_sample.sum(1, keepdim=True)
+        empty = (totals[:, 0] <= 0).nonzero().flatten().tolist()  # host tensors: no device sync
+        if empty:
+            raise self._nothing_left(step, step.sample_weights[empty[0]].tolist(), sample=empty[0])
+        kept = (per_sample > 0).any(0).nonzero().flatten().tolist()
+        return step.guide(step.fuse(step.predict(kept), (per_sample / totals)[:, kept]))
+
+    def _nothing_left(self, step: Step, weights: list[float], sample: int | None = None) -> AggregatorOptionError:
+        who = "" if sample is None else f" for sample {sample}"
+        return _fail("schedule", f"at t={step.t:.3f} gives weight 0{who} to every view the patch weights keep "
+                     f"(patch weights {weights}); no view is left to follow")
 
     def __repr__(self) -> str:
         if self.preset is not None:

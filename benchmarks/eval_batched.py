@@ -1,0 +1,138 @@
+"""Evaluation throughput on one device: the per-job path, the batched path, and the model forwards alone, in one run.
+
+The same job list (``--objects`` held-out proxy shapes x ``--views`` x ``--aggregators``, the
+single-view baselines included) is evaluated twice through :func:`trellis_mv.eval.evaluate`
+into fresh folders: once with ``batch=1`` (every job its own sampler run: the per-job path)
+and once batched (``--batch``: jobs that share aggregator and number of views in one sampler
+run). The per-job path may be cut to its first ``--per-job-limit`` jobs (its rate is steady;
+the ratio is of rates). Then the forward-only rate: the same model forwards the batched run
+counted (rows per forward as it ran them), timed alone on random inputs, as jobs per second.
+Prints jobs/s of each and their ratios; with ``--out``, writes them as Markdown and JSON.
+Scores of the jobs both paths ran are compared (largest difference).
+
+    python benchmarks/eval_batched.py --device cuda --objects 64 --out benchmarks/results/eval_batched_H200.md
+    python benchmarks/eval_batched.py --device cpu --objects 2 --views 1 --per-job-limit 4   # smallest
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _records(out: Path) -> dict[str, dict]:
+    recs: dict[str, dict] = {}
+    for f in sorted((out / "results").glob("rank-*.jsonl")):
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            recs[rec["key"]] = rec
+    return recs
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed_eval(args: argparse.Namespace, out: Path, batch: int, max_jobs: int | None) -> tuple[float, dict[str, dict]]:
+    from trellis_mv.eval import evaluate
+
+    params = {"sparse_structure": {"steps": args.steps}, "texture": {"steps": args.steps}}
+    common = dict(dataset="proxy", first_object=args.first_object, objects=args.objects, views=args.views,
+                  aggregators=args.aggregators, seeds=1, params=params, device=args.device, progress=False, report=False)
+    evaluate(out=out / "warm", **{**common, "objects": 1}, batch=batch, max_jobs=2)  # load, allocate, compile kernels
+    _sync(args.device)
+    start = time.perf_counter()
+    evaluate(out=out / "run", **common, batch=batch, max_jobs=max_jobs)
+    _sync(args.device)
+    seconds = time.perf_counter() - start
+    recs = _records(out / "run")
+    return len(recs) / seconds, recs
+
+
+def _forward_only(args: argparse.Namespace, recs: dict[str, dict]) -> float:
+    """Jobs/s if only the model forwards ran: the batched run's forwards, re-timed on random inputs."""
+    from trellis_mv import load_adapter
+
+    adapter = load_adapter("proxy", device=args.device)
+    models = adapter.models
+    dev = torch.device(args.device)
+    width, tokens = models.cfg.width, (models.cfg.image_size // models.cfg.patch) ** 2
+    total_jobs, total = 0, 0.0
+    groups: dict[tuple[int, int], int] = {}
+    for rec in recs.values():
+        key = (rec["timing"]["batch"], len(rec["views"]))
+        groups[key] = groups.get(key, 0) + 1
+    with torch.no_grad():
+        for (batch, views), jobs in groups.items():
+            rows = batch * (views + 1)  # every view of every object, and the negative, in one forward
+            cond = torch.randn(rows, tokens, width, device=dev)
+            x = torch.randn(rows, 8, 8, 8, 8, device=dev)
+            t = torch.full((rows,), 500.0, device=dev)
+            for _ in range(2):
+                models.structure(x, t, cond)
+            _sync(args.device)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                models.structure(x, t, cond)
+            _sync(args.device)
+            per_run = time.perf_counter() - start  # the texture stage's forwards are cheaper: this is a lower bound
+            total += per_run * jobs / batch
+            total_jobs += jobs
+    return total_jobs / total
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--objects", type=int, default=64)
+    p.add_argument("--first-object", type=int, default=5000, help="held-out objects from this index (not tuned on)")
+    p.add_argument("--views", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--aggregators", nargs="+", default=["multidiffusion"])
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--per-job-limit", type=int, default=120, help="jobs of the per-job path to time (its rate is steady)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, default=None, help="write the numbers as Markdown here (and JSON beside)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        batched_rate, batched = _timed_eval(args, root / "batched", args.batch, None)
+        per_job_rate, per_job = _timed_eval(args, root / "per_job", 1, args.per_job_limit)
+    forward_rate = _forward_only(args, batched)
+    diff = max((abs(a - b) for k in per_job for m, a in per_job[k]["metrics"].items()
+                if a is not None and (b := batched[k]["metrics"].get(m)) is not None), default=float("nan"))
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
+    res = {"device": name, "jobs": len(batched), "objects": args.objects, "views": args.views,
+           "aggregators": args.aggregators, "steps": args.steps, "batch": args.batch,
+           "per_job_jobs": len(per_job), "per_job_jobs_per_s": per_job_rate, "batched_jobs_per_s": batched_rate,
+           "forward_only_jobs_per_s": forward_rate, "batched_over_per_job": batched_rate / per_job_rate,
+           "batched_over_forward_only": batched_rate / forward_rate, "largest_score_difference": diff}
+    lines = [f"# Evaluation throughput, per-job and batched ({name})", "",
+             f"{len(batched)} jobs ({args.objects} held-out proxy objects from #{args.first_object}, views {args.views}, "
+             f"{' '.join(args.aggregators)} + single-view baselines, {args.steps} steps a stage), batch {args.batch}; "
+             f"the per-job path timed on {len(per_job)} of them.", "",
+             "| path | jobs/s |", "|---|---|",
+             f"| per job (one sampler run each) | {per_job_rate:.2f} |",
+             f"| batched | {batched_rate:.1f} |",
+             f"| model forwards alone (structure stage, the batched run's shapes) | {forward_rate:.1f} |", "",
+             f"batched / per job: **{res['batched_over_per_job']:.1f}x**; batched / forwards alone: "
+             f"{res['batched_over_forward_only']:.2f}; largest score difference between the paths: {diff:.2e}.", "",
+             f"Command: `python benchmarks/eval_batched.py --device {args.device} --objects {args.objects} --views "
+             f"{' '.join(map(str, args.views))} --batch {args.batch} --per-job-limit {args.per_job_limit}`"]
+    print("\n".join(lines))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
