@@ -52,7 +52,7 @@ def make_records(objects: int = 12, seeds: int = 1, spread: float = 0.005) -> li
                 "seed_index": job.seed_index, "seed": job.seed,
                 "metrics": _quality(i, job.aggregator, job.views, job.seed_index, spread),
                 "cost": {"model_forwards": forwards, "latent_rows": 3 * forwards},
-                "timing": {"seconds": 0.125 * forwards}, "device": "cpu, 1 threads",
+                "timing": {"seconds": 0.125 * forwards, "batch": 4}, "device": "cpu, 1 threads",
             })
     return records
 
@@ -101,6 +101,7 @@ def test_one_table_per_metric_known_ones_first_each_with_its_meaning_and_paired_
         assert cell.strip().startswith(f"{diff:+.4g} ± ") and "(p=" in cell
     assert rows[("multidiffusion", "2")].strip("|").split("|")[6].strip() == "="  # itself, as a baseline
     assert [c.strip() for c in rows[("single-mean", "2")].strip("|").split("|")[4:]] == ["", "", ""]
+    assert "| aggregator | N | model_forwards | latent_rows | seconds |" in md  # not the batch size: no cost
     assert "## Cost" in md and "| stochastic | 2 | 16 | 48 | 2 |" in md
 
 

@@ -313,8 +313,8 @@ def write_report(out: str | Path, *, min_effect: float = DEFAULT_MIN_EFFECT) -> 
     devices = sorted({r.get("device", "?") for r in records})
     folds = {n: _folds(per_n[n], quality.metrics) for n in counts}
     (out / "summary.md").write_text(
-        _markdown(config, len(objects), summary, pairs, timing_rows, quality.metrics, cost.metrics + timing.metrics,
-                  devices, folds, res)
+        _markdown(config, len(objects), summary, pairs, timing_rows, quality.metrics,
+                  cost.metrics + [m for m in timing.metrics if m in METRICS], devices, folds, res)
     )
     written["summary.md"] = str(out / "summary.md")
     written.update(_plots(out, per_n, quality.metrics, config, counts))
