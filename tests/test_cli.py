@@ -18,7 +18,7 @@ def views(tmp_path_factory):
 def test_demo_writes_mesh_picture_and_summary(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--views", "2", "--quiet", "--steps", "4"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["comparison.png", "mesh.glb", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".trellis-mv.json", "comparison.png", "mesh.glb", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_views"] == 2 and summary["cameras"][1] == [90.0, 25.0]
     assert summary["aggregators"] == {"sparse_structure": "multidiffusion", "texture": "multidiffusion"}
@@ -61,7 +61,7 @@ def test_generate_per_stage_choices(tmp_path, views):
         (["--images", "{front}", "--seed", "-3"], "seed must be an integer >= 0"),
         (["--images", "{front}", "{front}", "--stage", "texture=single:view=5"], "view=5 but only 2 view(s)"),
         (["--images", "{front}", "--num-samples", "3", "--max-batch", "2"], "max_batch=2 is smaller than num_samples=3"),
-        (["--images", "{front}@sideways"], "view 0 ({front}@sideways) does not exist"),
+        (["--images", "{front}@sideways"], "the image exists, but camera 'sideways' is not"),
         (["--images", "{front}", "{front}", "--weights", "1", "-1"], "finite and non-negative"),
     ],
 )

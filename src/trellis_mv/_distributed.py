@@ -33,7 +33,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -42,7 +44,10 @@ import torch.distributed as dist
 from . import _tensors as T
 from ._errors import PatchError
 
-__all__ = ["DistributedRows", "LocalRows", "partition", "process_group_from_env", "rows_for", "writes_outputs"]
+__all__ = [
+    "DistributedRows", "LocalRows", "check_same_job", "partition", "process_group_from_env", "rank_timeout", "rows_for",
+    "writes_outputs",
+]
 
 Forward = Callable[[list[torch.Tensor]], list[Any]]
 _SIGNATURE = 4  # float64 values per rank: sum and sum of squares of x_t, coordinate sum, conditioning sum
@@ -141,7 +146,11 @@ class DistributedRows:
             send[extra + k * numel : extra + (k + 1) * numel] = values.reshape(-1).to(dtype)
         send[:extra] = self._signature(step, device).view(dtype)  # first: aligned for float64
         every = [torch.empty_like(send) for _ in range(self.world)]
-        dist.all_gather(every, send, group=self.group)
+        try:
+            dist.all_gather(every, send, group=self.group)
+        except RuntimeError as exc:  # a rank died or timed out (TRELLIS_MV_RANK_TIMEOUT)
+            raise PatchError(f"rank {self.rank}: the exchange with the other ranks at step {step.index} of stage "
+                             f"{step.stage!r} failed; a rank may have died (see its log): {str(exc).strip()[:300]}") from exc
         self._check(step, [buf[:extra].view(torch.float64) for buf in every])
         rows: list[Any] = []
         for r, count in enumerate(counts):
@@ -185,6 +194,58 @@ def rows_for(group: Any) -> LocalRows | DistributedRows:
     return LocalRows() if dist.get_world_size(group) == 1 else DistributedRows(group)
 
 
+def rank_timeout() -> float:
+    """Seconds a rank waits for the others (``TRELLIS_MV_RANK_TIMEOUT``, default 1800) before it says which is missing."""
+    text = os.environ.get("TRELLIS_MV_RANK_TIMEOUT", "1800")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise PatchError(f"TRELLIS_MV_RANK_TIMEOUT={text!r}: expected a positive number of seconds, e.g. 1800")
+    return value
+
+
+_GLOO: dict[Any, Any] = {}
+
+
+def _gloo(group: Any) -> Any:
+    """``group`` itself when it is gloo, else a gloo group of the same ranks (NCCL has no monitored barrier)."""
+    if dist.get_backend(group) == "gloo":
+        return group
+    if group not in _GLOO:
+        _GLOO[group] = dist.new_group(dist.get_process_group_ranks(group), backend="gloo",
+                                      timeout=timedelta(seconds=rank_timeout()))
+    return _GLOO[group]
+
+
+def check_same_job(group: Any, job: Mapping[str, Any]) -> None:
+    """Before sampling: every rank of ``group`` is there and runs the same ``job`` (aggregators, views, steps, ...).
+
+    :raises PatchError: on every rank that can tell, naming the rank that did not come within
+        :func:`rank_timeout` seconds, or the rank and the entry of ``job`` that differ from rank 0's.
+    """
+    if group is None or dist.get_world_size(group) == 1:
+        return
+    check, seconds = _gloo(group), rank_timeout()
+    try:
+        dist.monitored_barrier(group=check, timeout=timedelta(seconds=seconds), wait_all_ranks=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        found = re.search(r"Ranks? ([\d, ]+) failed", first)
+        who = f"rank(s) {found.group(1).strip()}" if found else "a rank"
+        raise PatchError(f"rank {dist.get_rank(group)}: {who} of the group did not reach the start of sampling within "
+                         f"{seconds:g} s (TRELLIS_MV_RANK_TIMEOUT); it may have died: see its log ({first})") from exc
+    every: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(every, {k: re.sub(r" at 0x[0-9a-fA-F]+", "", repr(v)) for k, v in job.items()}, group=check)
+    for rank, theirs in enumerate(every):
+        differ = sorted(k for k in set(theirs) | set(every[0]) if theirs.get(k) != every[0].get(k))
+        if differ:
+            key = differ[0]
+            raise PatchError(f"rank {rank} runs a different job from rank 0: {key} is {theirs.get(key)} there and "
+                             f"{every[0].get(key)} on rank 0; launch every rank with the same options")
+
+
 def writes_outputs(group: Any) -> bool:
     """Whether this process writes the run's outputs: always without a group, else rank 0 only."""
     return group is None or dist.get_rank(group) == 0
@@ -206,7 +267,7 @@ def process_group_from_env() -> Iterator[Any]:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=rank_timeout()))
         created = True
     try:
         yield dist.group.WORLD

@@ -290,7 +290,13 @@ def patch_sampler(
             rows=rows,
         )
         # a step that needs the negative branch alone (guidance strength 0) is the core's, not the aggregator's
-        pred = agg(step) if step.needs_positive else step.guide(None)
+        try:
+            pred = agg(step) if step.needs_positive else step.guide(None)
+        except Exception as exc:
+            error = _raised_by(agg, exc, f"{where}, step {run.step}")
+            if error is None:
+                raise
+            raise error from exc
         _check_prediction(agg, x_t, pred, f"{where}, step {run.step} (t={float(t):.4f})")
         record = StepRecord(
             run=run.index, step=run.step, t=float(t), views=tuple(sorted(counter.views)),
@@ -334,6 +340,28 @@ def _check_sample(agg: Aggregator, sample: int, num_views: int, cameras: Sequenc
         check_views(agg, num_views, cameras)
     except AggregatorError as exc:  # name the sample whose view set the aggregator refuses
         raise type(exc)(f"sample {sample}: {exc}", aggregator=exc.aggregator) from None
+def _raised_by(agg: Any, exc: Exception, where: str) -> AggregatorError | None:
+    """An error naming the aggregator and its distribution when ``exc`` was raised by the aggregator's own code."""
+    import importlib.metadata
+    import sys
+
+    from ._errors import TrellisMVError
+
+    module = sys.modules.get(type(agg).__module__)
+    home = os.path.dirname(getattr(module, "__file__", None) or "") if module is not None else ""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if isinstance(exc, TrellisMVError) or not home or tb is None or os.path.dirname(tb.tb_frame.f_code.co_filename) != home:
+        return None  # the model's, torch's or trellis-mv's own error: unchanged
+    from ._registry import distribution_of
+
+    known = distribution_of(type(agg))
+    dists = [known] if known else importlib.metadata.packages_distributions().get(type(agg).__module__.split(".")[0]) or ["?"]
+    name = getattr(agg, "name", type(agg).__name__)
+    return AggregatorError(f"aggregator {name!r} (from distribution {', '.join(dists)}) raised {type(exc).__name__}: "
+                           f"{exc} ({where}); report it to that distribution or choose another aggregator",
+                           aggregator=name)
 
 
 def _check_prediction(agg: Aggregator, x_t: Any, pred: Any, where: str) -> None:

@@ -24,6 +24,7 @@ import inspect
 import os
 import sys
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import import_module, metadata
@@ -127,10 +128,19 @@ def instantiate(factory: type, options: dict[str, Any]) -> Aggregator:
             f"its options are: {', '.join(known) or 'none'}",
             aggregator=name,
         )
+    needed = [p.name for p in sig.parameters.values()
+              if p.default is p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in options]
+    if needed:
+        raise AggregatorOptionError(
+            f"aggregator {name!r} needs the option(s) {', '.join(needed)}; give them as "
+            f"{name}:{needed[0]}=VALUE", aggregator=name)
     try:
         return factory(**options)
-    except (AggregatorError, TypeError, ValueError):
+    except (AggregatorError, ValueError):
         raise
+    except TypeError as exc:  # still a TypeError, now naming the aggregator
+        raise AggregatorOptionError(f"aggregator {name!r} failed to build with options {options!r}: {exc}",
+                                    aggregator=name) from exc
     except Exception as exc:  # a plugin's constructor failing: name it
         raise AggregatorError(
             f"aggregator {name!r} failed to build with options {options!r}: {type(exc).__name__}: {exc}", aggregator=name
@@ -409,8 +419,16 @@ class Registry:
         return infos[name]
 
     def get(self, name: str, **options: Any) -> Aggregator:
-        """A new aggregator instance by name, with its options."""
-        return instantiate(self.info(name).factory, options)
+        """A new aggregator instance by name, with its options; a failure names the plugin and its distribution."""
+        info = self.info(name)
+        _DISTRIBUTIONS[info.factory] = info.distribution or "?"
+        try:
+            return instantiate(info.factory, options)
+        except AggregatorError as exc:
+            if _is_core(info.distribution):
+                raise
+            raise type(exc)(f"{exc} (plugin {info.plugin!r} from distribution {info.distribution!r})",
+                            aggregator=exc.aggregator) from exc
 
     def check(self) -> builtins.list[PluginLoadError]:
         """Build every aggregator whose options all have defaults; record those that fail in ``errors``.
@@ -469,6 +487,12 @@ class Registry:
             raise ParameterError(f"no installed adapter runs model {model!r}; the adapters are: {known or 'none'}."
                                  + (f" {hints}" if hints else ""))
         return answers[0][1]
+_DISTRIBUTIONS: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+
+
+def distribution_of(factory: type) -> str | None:
+    """The distribution of an aggregator class that a registry built, or None."""
+    return _DISTRIBUTIONS.get(factory)
 
 
 def _is_core(distribution: str | None) -> bool:

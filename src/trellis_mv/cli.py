@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from ._distributed import process_group_from_env, writes_outputs
@@ -45,7 +46,9 @@ def split_image_camera(text: str) -> tuple[str, str | None]:
         return text, None
     try:
         parse_camera(camera)
-    except ViewError:
+    except ViewError as exc:
+        if Path(path).is_file() and not Path(text).exists():
+            raise ViewError(f"{text!r}: the image exists, but {exc}") from exc
         return text, None
     return path, camera
 
@@ -118,7 +121,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     options = _adapter_options(args)
     from ._outputs import check_output
 
-    check_output(args.out, overwrite=args.overwrite)  # before loading any model
+    check_output(args.out, overwrite=args.overwrite, inputs=images)  # before loading any model
     with process_group_from_env() as group:  # under torchrun: one sample, its views spread over the ranks
         adapter = load_adapter(args.model, device=args.device, **options)
         if traits(adapter).verbose is not None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._distributed import rows_for, writes_outputs
+from ._distributed import check_same_job, rows_for, writes_outputs
 from ._errors import ParameterError
 from ._images import load_images
 from ._outputs import MARKER, check_output, output_folder
@@ -49,6 +49,7 @@ __all__ = [
     "StageSpec",
     "adapter_class",
     "canonical_stage",
+    "check_device",
     "demo",
     "generate",
     "load_adapter",
@@ -443,6 +444,9 @@ def run_multi_image(
     rows_for(group)  # a bad group is refused before any model work
     plan = _plan(adapter, images, mode=mode, stages=stages, weights=weights, max_batch=max_batch, params=params,
                  seed=seed, num_samples=num_samples, cameras=cameras, registry=registry)
+    check_same_job(group, {"aggregators": {s: repr(a) for s, a in plan.aggregators.items()}, "views": len(plan.views),
+                           "params": plan.params, "seed": plan.seed, "num_samples": plan.num_samples,
+                           "weights": plan.weights, "cameras": plan.cameras, "max_batch": plan.max_batch})
     with _lock(adapter):
         views = adapter.prepare(plan.views)
         start = time.perf_counter()
@@ -531,7 +535,8 @@ def generate(
     ``out_dir``'s filesystem and moved into place at the end (an exception, Ctrl-C or
     SIGTERM leaves ``out_dir`` as it was). A folder holding an earlier run is refused
     unless ``overwrite``, which replaces its whole content; a folder holding files that
-    trellis-mv did not write is never overwritten.
+    trellis-mv did not write, or one of ``images``, is never overwritten (the rules:
+    :mod:`trellis_mv._outputs`).
 
     With ``group`` (a keyword of :func:`run_multi_image`), rank 0 alone writes; the other
     ranks sample along and return ``{}``.
@@ -542,9 +547,9 @@ def generate(
     if not writes_outputs(run.get("group")):
         run_multi_image(adapter, images, **run)
         return {}
-    check_output(out_dir, overwrite=overwrite)
+    check_output(out_dir, overwrite=overwrite, inputs=images)
     start = time.perf_counter()
-    with output_folder(out_dir, overwrite=overwrite) as staging:
+    with output_folder(out_dir, overwrite=overwrite, inputs=images) as staging:
         result = run_multi_image(adapter, images, **run)
         files = list(adapter.export(result, staging))
         files += _save_diagnostics(result, staging)
@@ -593,7 +598,22 @@ def load_adapter(model: str = "proxy", *, device: str | None = None, registry: R
     >>> load_adapter("proxy").name
     'proxy'
     """
+    check_device(device)
     return adapter_class(model, registry=registry).load(model, device=device, **options)  # type: ignore[attr-defined]
+
+
+def check_device(device: Any) -> None:
+    """Refuse a device torch does not know, or CUDA where there is none, before any model loads."""
+    import torch
+
+    if device is None or (isinstance(device, torch.device) and device.type != "cuda"):
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ParameterError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(f"--device {device!r}, but CUDA is not available here; use --device cpu")
 
 
 def adapter_class(model: str = "proxy", *, registry: Registry | None = None) -> type:

@@ -119,7 +119,8 @@ def test_each_rank_evaluates_its_share_of_the_rows(distributed: list, reference:
 
 def test_ranks_that_start_from_different_noise_all_refuse(distributed: list) -> None:
     for rank in range(2):
-        assert "different latents" in distributed[rank]["error"] and "seed" in distributed[rank]["error"]
+        error = distributed[rank]["error"]
+        assert "seed" in error and ("different latents" in error or "runs a different job" in error)
 
 
 def test_the_default_chunking_changes_only_the_last_bits(distributed: list) -> None:
@@ -210,5 +211,6 @@ def test_torchrun_cli_writes_once_and_matches_the_single_process_command(tmp_pat
     finally:
         torch.set_num_threads(threads)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "spread"]  # nothing left beside the outputs
-    assert sorted(p.name for p in (tmp_path / "spread").iterdir()) == ["comparison.png", "mesh.glb", "summary.json"]
+    listing = sorted(p.name for p in (tmp_path / "spread").iterdir())
+    assert listing == [".trellis-mv.json", "comparison.png", "mesh.glb", "summary.json"]
     assert (tmp_path / "spread" / "mesh.glb").read_bytes() == (tmp_path / "one" / "mesh.glb").read_bytes()

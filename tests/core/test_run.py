@@ -271,7 +271,8 @@ def test_patching_one_sampler_from_two_threads_is_refused_and_restored():
 def test_generate_writes_everything_or_nothing(tmp_path):
     out = tmp_path / "run"
     summary = generate(TwoStage(), _views(2), out, seed=3)
-    assert sorted(p.name for p in out.iterdir()) == ["feats.pt", "summary.json"] == summary["outputs"]
+    assert sorted(p.name for p in out.iterdir()) == [".trellis-mv.json", "feats.pt", "summary.json"]
+    assert summary["outputs"] == ["feats.pt", "summary.json"]
     first = torch.load(out / "feats.pt")
     with pytest.raises(OutputError, match="holds an earlier run .*pass --overwrite"):
         generate(TwoStage(), _views(2), out, seed=4)
@@ -283,7 +284,7 @@ def test_generate_writes_everything_or_nothing(tmp_path):
 
     with pytest.raises(OSError, match="disk full"):
         generate(FailingExport(), _views(2), out, seed=4, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["feats.pt", "summary.json"]  # the earlier run, untouched
+    assert sorted(p.name for p in out.iterdir()) == [".trellis-mv.json", "feats.pt", "summary.json"]  # the earlier run, untouched
     assert torch.equal(torch.load(out / "feats.pt"), first)
     generate(TwoStage(), _views(2), out, seed=5, overwrite=True)
     assert json.loads((out / "summary.json").read_text())["seed"] == 5
@@ -315,7 +316,7 @@ def test_writable_folder_in_a_read_only_parent(tmp_path):  # pragma: no cover - 
     try:
         generate(TwoStage(), _views(1), parent / "out")
         generate(TwoStage(), _views(1), parent / "out", overwrite=True, seed=9)
-        assert sorted(p.name for p in (parent / "out").iterdir()) == ["feats.pt", "summary.json"]
+        assert sorted(p.name for p in (parent / "out").iterdir()) == [".trellis-mv.json", "feats.pt", "summary.json"]
     finally:
         parent.chmod(0o755)
 
@@ -330,7 +331,7 @@ def test_staging_inside_the_folder_when_its_parent_is_not_writable(tmp_path, mon
     real = _outputs._writable
     monkeypatch.setattr(_outputs, "_writable", lambda folder: False if Path(folder) == tmp_path else real(folder))
     generate(TwoStage(), _views(1), out, seed=2, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["feats.pt", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".trellis-mv.json", "feats.pt", "summary.json"]
     assert json.loads((out / "summary.json").read_text())["seed"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from trellis_mv._outputs import claim_folder
 from trellis_mv.eval import _report
 from trellis_mv.eval._jobs import SINGLE, Job, ResultStore
+from trellis_mv.eval._run import OUTPUT_FILES
 from trellis_mv.eval.cli import main as eval_main
 
 VIEWS = {1: ["front"], 2: ["front", "right"]}
@@ -59,7 +61,7 @@ def make_records(objects: int = 12, seeds: int = 1, spread: float = 0.005) -> li
 
 def write_run(out: Path, records: list[dict[str, Any]], ranks: int = 1, seeds: int = 1) -> Path:
     """A results folder: ``config.json``, ``plan.json`` and the records dealt round-robin to ``ranks`` files."""
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, kind="eval", files=OUTPUT_FILES)
     objects = sorted({r["object"] for r in records})
     config = {"model": "proxy", "dataset": "synthetic", "views": sorted(VIEWS), "aggregators": AGGREGATORS,
               "seeds": seeds, "params": {}, "max_batch": None}

@@ -109,7 +109,7 @@ def test_generate_writes_outputs_and_errors_leave_nothing(tmp_path, pipe):
     out = tmp_path / "out"
     steps = {"sparse_structure": {"steps": 4}, "texture": {"steps": 4}}
     summary = generate(pipe, views, out, mode="stochastic", seed=1, params=steps)
-    assert sorted(p.name for p in out.iterdir()) == ["comparison.png", "mesh.glb", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".trellis-mv.json", "comparison.png", "mesh.glb", "summary.json"]
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["aggregators"] == {"sparse_structure": "stochastic", "texture": "stochastic"}
     assert on_disk["images"][0].endswith("obj_front.png") and summary["cost"]["model_forwards"] > 0

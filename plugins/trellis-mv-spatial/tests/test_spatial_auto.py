@@ -56,7 +56,7 @@ def test_a_custom_score_decides(proxy):
 
     def score(result, imgs, cams):
         seen.append(result)
-        return torch.tensor([0.0 if len(seen) == 2 else 1.0])  # the second candidate is the best
+        return torch.full((len(imgs),), 0.0 if len(seen) == 2 else 1.0)  # the second candidate is the best
 
     out = auto_generate(pipeline, images[:2], ["front", "right"], candidates=["multidiffusion"], score=score, seed=0, **FAST)
     assert list(out.scores) == ["multidiffusion", "single:view=0", "single:view=1"] and out.choice == "single:view=0"

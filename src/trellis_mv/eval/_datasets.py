@@ -6,7 +6,7 @@ The folder layout (one sub-folder per object, sorted by name)::
       chair-01/
         front.png  right.png  back.png  left.png  top.png   # the views (PNG/JPEG; RGBA is composited on black)
         cameras.json    # optional: {"front.png": {"azimuth": 0, "elevation": 0}, ...} (degrees)
-        mesh.glb        # optional ground truth: mesh.glb, mesh.obj or mesh.ply
+        mesh.glb        # optional ground truth: mesh.glb, mesh.obj or mesh.ply (one of mesh or cameras is needed)
       chair-02/
         ...
 
@@ -31,6 +31,7 @@ cameras with the held-out photos (no ground-truth mesh needed).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -136,7 +137,10 @@ class FolderDataset:
                                     "with one sub-folder per object")
         if first_object < 0 or (objects is not None and objects < 1):
             raise ValueError(f"--first-object must be >= 0 and --objects >= 1; got {first_object} and {objects}")
-        ids = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        from trellis_mv._outputs import MARKER_FILE
+
+        ids = sorted(p.name for p in self.root.iterdir()  # never trellis-mv's own output folders
+                     if p.is_dir() and not p.name.startswith(".") and not (p / MARKER_FILE).exists())
         if not ids:
             raise ValueError(f"dataset folder {str(self.root)!r} has no object sub-folders; see `trellis-mv eval example`")
         self._ids = ids[first_object : None if objects is None else first_object + objects]
@@ -162,7 +166,13 @@ class FolderDataset:
             except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise ValueError(f"{cams_file}: expected {{\"IMAGE\": {{\"azimuth\": DEG, \"elevation\": DEG}}, ...}}; "
                                  f"could not read it ({exc})") from exc
-        files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in _IMAGES}
+        files: dict[str, Path] = {}
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in _IMAGES:
+                if p.stem in files:
+                    raise ValueError(f"object folder {str(folder)!r} has two views named {p.stem!r} ({files[p.stem].name}, "
+                                     f"{p.name}); keep one of them")
+                files[p.stem] = p
         missing = [name for name in cams if name not in files]
         if missing:
             raise ValueError(f"{cams_file} names images that are not in {folder}: {', '.join(missing)}")
@@ -172,17 +182,49 @@ class FolderDataset:
     def view_names(self, object_id: str) -> list[str]:
         return [p.stem for p in self._views(self.root / object_id)[0]]
 
-    def load(self, object_id: str) -> EvalObject:
+    def fingerprint(self, object_id: str) -> str:
+        """A SHA-256 over the names, sizes and contents of the object's files (stored with the results, compared on restart)."""
+        digest = hashlib.sha256()
+        for path in sorted((self.root / object_id).rglob("*")):
+            if path.is_file():
+                digest.update(f"{path.relative_to(self.root / object_id)}\0{path.stat().st_size}\0".encode())
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()
+
+    def check(self, object_id: str) -> None:
+        """Refuse, naming the object, views that cannot be told apart, a broken mesh, or nothing to score against."""
         folder = self.root / object_id
-        paths, cams = self._views(folder)
-        mesh = None
+        _, cams = self._views(folder)
+        if self._mesh(object_id) is None and not cams:
+            raise ValueError(f"object {object_id!r} has no ground-truth mesh and no cameras.json, so nothing can be scored; "
+                             f"add {' or '.join(_MESHES)} or cameras.json to {str(folder)!r}")
+
+    def _mesh(self, object_id: str) -> Any:
+        """The object's ground-truth mesh (checked: it parses, has faces and finite vertices), or None."""
+        import numpy as np
+
+        folder = self.root / object_id
         for name in _MESHES:
             if (folder / name).exists():
                 import trimesh
 
-                mesh = trimesh.load(folder / name, force="mesh")
-                break
-        return EvalObject(object_id, {p.stem: p for p in paths}, cams, mesh=mesh)
+                try:
+                    mesh = trimesh.load(folder / name, force="mesh", process=False)  # processing drops NaN vertices
+                except Exception as exc:  # trimesh raises many types for a broken file
+                    raise ValueError(f"object {object_id!r}: {name} cannot be read ({type(exc).__name__}: {exc}); "
+                                     "replace or remove it") from exc
+                faces = getattr(mesh, "faces", None)
+                if faces is None or len(faces) == 0:
+                    raise ValueError(f"object {object_id!r}: {name} has no faces; give a triangle mesh or remove it")
+                if not np.isfinite(np.asarray(mesh.vertices, dtype=float)).all():
+                    raise ValueError(f"object {object_id!r}: {name} has vertices that are NaN or infinite; "
+                                     "repair the mesh or remove it")
+                return mesh.process()
+        return None
+
+    def load(self, object_id: str) -> EvalObject:
+        paths, cams = self._views(self.root / object_id)
+        return EvalObject(object_id, {p.stem: p for p in paths}, cams, mesh=self._mesh(object_id))
 
 
 def given_views(names: Sequence[str], num_views: int) -> tuple[str, ...]:

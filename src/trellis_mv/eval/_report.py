@@ -104,10 +104,16 @@ def _load(out: Path) -> tuple[dict[str, Any], dict[str, list[str]], list[dict[st
         if not (out / name).exists():
             raise FileNotFoundError(f"{out} has no {name}: it is not the --out folder of a `trellis-mv eval` run")
     config = json.loads((out / "config.json").read_text())
-    plan = json.loads((out / "plan.json").read_text())
+    try:
+        plan = json.loads((out / "plan.json").read_text())
+    except ValueError:
+        plan = None
     records = sorted(ResultStore(out).done().values(), key=lambda r: r["key"])
     if not records:
         raise ValueError(f"{out} has no finished jobs yet; run the evaluation first")
+    if not isinstance(plan, dict) or not {r["object"] for r in records} & set(_plan_objects(plan)):
+        raise ValueError(f"{out}/plan.json is empty or does not list the finished jobs' objects, so no table would "
+                         "have a row; run the evaluation command again to rewrite it (the tables are left as they are)")
     return config, plan, records
 
 
@@ -455,6 +461,8 @@ def _plots(out: Path, per_n: dict[int, dict[str, dict[str, np.ndarray]]], metric
     plt = _pyplot()
     if plt is None:
         return {}  # plots are optional: `pip install matplotlib`
+    if not metrics:
+        return {}  # no quality scores (e.g. neither meshes nor cameras): nothing to plot
     written = {}
     labels = [*config["aggregators"], "single-mean", "single-best"]
     cols = min(3, len(metrics))

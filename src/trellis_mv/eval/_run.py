@@ -7,6 +7,7 @@ builds the report. A restart with the same options skips the jobs already done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +28,16 @@ from trellis_mv.eval._datasets import Dataset, EvalObject, WrongView, given_view
 from trellis_mv.eval._jobs import SINGLE, Job, Placement, ResultStore, build_jobs, pending, placement, shard
 from trellis_mv.eval._metrics import score_mesh, view_scores
 from trellis_mv.eval._voxel_metrics import VoxelTruth, score_voxels_batch
-from trellis_mv.run import traits
+from trellis_mv.run import check_device, traits
 from trellis_mv.voxels import mesh_from_voxels
 
 __all__ = ["Generation", "evaluate"]
 
 #: Options that decide the results; a restart into the same folder must repeat them.
 _CONFIG_FILE = "config.json"
+#: What an evaluation writes in its folder (the marker lists them; see :mod:`trellis_mv._outputs`).
+OUTPUT_FILES = ("config.json", "plan.json", "results", "summary.csv", "paired.csv", "timing.csv", "summary.md",
+                "views.png", "scatter.png", "cost_quality.png", ".config.json.*", ".plan.json.*")
 
 
 @dataclass
@@ -317,13 +322,19 @@ def _check_views(views: Sequence[int], dataset: Dataset) -> list[int]:
     return views
 
 
-def _check_config(out: Path, config: dict[str, Any]) -> None:
+def _check_config(out: Path, config: dict[str, Any], rank: int = 0) -> None:
     path = out / _CONFIG_FILE
     if path.exists():
         old = json.loads(path.read_text())
         if old != config:
+            before, now = old.get("inputs") or {}, config.get("inputs") or {}
+            changed = sorted(o for o in set(before) | set(now) if before.get(o) != now.get(o))
+            if changed and all(old.get(k) == config.get(k) for k in set(old) | set(config) if k != "inputs"):
+                raise ValueError(f"the inputs of objects {', '.join(changed[:5])} changed since {out} was started "
+                                 "(files added, removed or edited); restore them, or choose another --out")
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-            raise ValueError(f"{out} holds results of another evaluation ({', '.join(diff)} differ); "
+            who = f"rank {rank}: " if rank else ""
+            raise ValueError(f"{who}{out} holds results of another evaluation ({', '.join(diff)} differ); "
                              "repeat its options to resume it, or choose another --out")
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -371,7 +382,8 @@ def evaluate(
     :param device: ``auto`` (``cuda:LOCAL_RANK`` when CUDA is there, else ``cpu``), ``cpu`` or ``cuda``.
     :param where: rank and world size (default: from torchrun's or SLURM's variables).
     :param max_jobs: stop after this many jobs of this rank (to test resuming); no report then.
-    :param wait_seconds: how long rank 0 waits for the other ranks' jobs (default: as long as it takes).
+    :param wait_seconds: how long rank 0 waits for the other ranks' jobs (default: until no rank has written a
+        result for ``TRELLIS_MV_RANK_TIMEOUT`` seconds, 1800 unless set).
     :param spread_views: instead of sharding jobs over the ranks, every rank runs every job with
         the views of each step spread over the ranks (``torch.distributed``, see
         :func:`trellis_mv.patch_sampler`'s ``group``); rank 0 records the results.
@@ -382,7 +394,6 @@ def evaluate(
     :returns: ``{"jobs": total, "ran": by this rank, "pending": left, "report": paths or None}``.
     """
     where = where or placement()
-    out = Path(out)
     ds = parse_dataset(dataset, first_object=first_object, objects=objects)
     if wrong_view is not None:
         ds = WrongView(ds, wrong_view)
@@ -392,16 +403,38 @@ def evaluate(
         raise ValueError(f"--seeds {seeds}: need at least 1 seed")
     if max_jobs is not None and max_jobs < 0:
         raise ValueError(f"--max-jobs {max_jobs}: must be >= 0")
+    if device != "auto":
+        check_device(device)
     model_name = model if adapter is None else traits(adapter).name
+    ids = ds.object_ids()
+    for oid in ids:  # a broken object is named before any model work
+        getattr(ds, "check", lambda _: None)(oid)
+    fingerprint = getattr(ds, "fingerprint", None)
+    from trellis_mv._outputs import claim_folder, write_lock
+
+    out = claim_folder(out, kind="eval", files=OUTPUT_FILES, inputs=[r for r in [getattr(ds, "root", None)] if r])
     run_device = str(traits(adapter).device) if adapter is not None else _pick_device(device, where)
-    size = _batch_size(run_device, batch, max_batch, max(counts), out)
     # the chunks decide the float rounding of every result (a batch's forwards are one matrix product), so they
     # are part of the configuration: a resume, any number of ranks, any order give the same chunks
     config = {"model": model_name, "dataset": ds.describe(), "views": counts, "aggregators": specs, "seeds": seeds,
-              "params": json.loads(json.dumps(params or {}, default=list)), "max_batch": max_batch, "batch": size}
-    _check_config(out, config)
+              "params": json.loads(json.dumps(params or {}, default=list)), "max_batch": max_batch,
+              "batch": _batch_size(run_device, batch, max_batch, max(counts), out),
+              **({"inputs": {oid: fingerprint(oid) for oid in ids}} if fingerprint is not None else {})}
+    with write_lock(out) if where.world_size == 1 else contextlib.nullcontext():  # the ranks of one run share it
+        return _evaluate(out, ds, config, ids, params=params, adapter=adapter, model=model, device=run_device,
+                         where=where, max_jobs=max_jobs, progress=progress, report=report, wait_seconds=wait_seconds,
+                         spread_views=spread_views)
 
-    ids = ds.object_ids()
+
+def _evaluate(out: Path, ds: Dataset, config: dict[str, Any], ids: list[str], *,
+              params: Mapping[str, Mapping[str, Any]] | None, adapter: Any, model: str, device: str,
+              where: Placement, max_jobs: int | None, progress: bool, report: bool, wait_seconds: float | None,
+              spread_views: bool) -> dict[str, Any]:
+    """:func:`evaluate` once its options are checked and ``out`` is claimed."""
+    specs, counts, seeds = config["aggregators"], config["views"], config["seeds"]
+    max_batch, size = config["max_batch"], config["batch"]
+    _check_config(out, config, where.rank)
+
     given: dict[tuple[str, int], tuple[str, ...]] = {}
     view_sets: dict[str, list[tuple[str, ...]]] = {}
     for oid in ids:
@@ -424,7 +457,7 @@ def evaluate(
               flush=True)
     ran = 0
     if todo and max_jobs != 0:
-        adapter = adapter if adapter is not None else _load_adapter(model, run_device)
+        adapter = adapter if adapter is not None else _load_adapter(model, device)
         ran = _work(adapter, ds, todo, set(done), store, where, share, len(jobs), params, max_batch, progress, group,
                     max_jobs)
     left = len(pending(jobs, store.done()))
@@ -434,8 +467,11 @@ def evaluate(
     left = _wait_for_all(store, jobs, wait_seconds, progress)
     result["pending"] = left
     if left:
-        raise TrellisMVError(f"{left} jobs have no result after waiting; another rank may have died. Run the same command "
-                             f"again to finish them, or `trellis-mv eval report {out}` for the tables of what is done")
+        done = store.done()
+        missing = sorted({k % where.world_size for k, c in enumerate(chunks) if any(j.key not in done for j in c)})
+        raise TrellisMVError(f"{left} jobs have no result after waiting; rank(s) {', '.join(map(str, missing))} wrote no "
+                             f"result in time and may have died. Run the same command again to finish them, or "
+                             f"`trellis-mv eval report {out}` for the tables of what is done")
     from trellis_mv.eval._report import write_report
 
     result["report"] = write_report(out)
@@ -469,7 +505,9 @@ def _views_group(spread_views: bool, where: Placement) -> Any:
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(where.local_rank % torch.cuda.device_count())
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        from trellis_mv._distributed import rank_timeout
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(seconds=rank_timeout()))
     return dist.group.WORLD
 
 
@@ -523,13 +561,22 @@ def _hms(seconds: float) -> str:
 
 
 def _wait_for_all(store: ResultStore, jobs: list[Job], wait_seconds: float | None, progress: bool) -> int:
+    """Wait until every job has a result: at most ``wait_seconds``, and (without it) until no rank has written a
+    result for :func:`~trellis_mv._distributed.rank_timeout` seconds."""
+    from trellis_mv._distributed import rank_timeout
+
     deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
+    idle, last_count, last_change = rank_timeout(), store.count(), time.monotonic()
     announced = False
     while True:
         left = len(pending(jobs, store.done()))
-        if left == 0 or (deadline is not None and time.monotonic() >= deadline):
+        now = time.monotonic()
+        count = store.count()
+        if count != last_count:
+            last_count, last_change = count, now
+        if left == 0 or (deadline is not None and now >= deadline) or (deadline is None and now - last_change >= idle):
             return left
         if progress and not announced:
             print(f"rank 0: waiting for {left} jobs of the other ranks", flush=True)
             announced = True
-        time.sleep(2.0)
+        time.sleep(min(2.0, max(idle / 10, 0.01)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from trellis_mv._errors import TrellisMVError
@@ -37,22 +38,32 @@ def _stage_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from trellis_mv._outputs import check_output, output_folder, write_lock
+
     if args.eval_command == "report":
         from trellis_mv.eval._report import write_report
 
-        files = write_report(args.dir, min_effect=_min_effect(args))
+        if not Path(args.dir).is_dir():
+            raise FileNotFoundError(f"{args.dir} is not a folder: give the --out folder of a `trellis-mv eval` run")
+        with write_lock(check_output(args.dir, kind="eval", resume=True)):
+            files = write_report(args.dir, min_effect=_min_effect(args))
         print("wrote " + ", ".join(sorted(files)) + f" to {args.dir}")
         _print_warnings(files)
         return 0
     if args.eval_command == "example":
         from trellis_mv.eval._datasets import write_example_folder
 
-        root = write_example_folder(args.dir, objects=args.objects, first_object=args.first_object)
-        print(f"wrote {args.objects} objects to {root}; evaluate them with --dataset folder:{root}")
+        if args.objects < 1 or args.first_object < 0:
+            raise ValueError(f"--objects must be >= 1 and --first-object >= 0; got {args.objects} and {args.first_object}")
+        with output_folder(args.dir, kind="example", overwrite=args.overwrite) as staging:
+            write_example_folder(staging, objects=args.objects, first_object=args.first_object)
+        print(f"wrote {args.objects} objects to {args.dir}; evaluate them with --dataset folder:{args.dir}")
         return 0
     if not args.out:
         raise ValueError("--out DIR is required: the folder of results (an existing one is resumed)")
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads}: give a number of CPU threads >= 1, e.g. --threads 4")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -68,7 +79,8 @@ def _run(args: argparse.Namespace) -> int:
     from trellis_mv.eval._report import DEFAULT_MIN_EFFECT, write_report
 
     if res["report"] and _min_effect(args) != DEFAULT_MIN_EFFECT:  # the run writes it with the default
-        res["report"] = write_report(args.out, min_effect=_min_effect(args))
+        with write_lock(args.out):
+            res["report"] = write_report(args.out, min_effect=_min_effect(args))
     if res["report"]:
         print("wrote " + ", ".join(sorted(res["report"])) + f" to {args.out}")
         _print_warnings(res["report"])
@@ -137,6 +149,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     e.add_argument("dir")
     e.add_argument("--objects", type=int, default=3)
     e.add_argument("--first-object", type=int, default=0)
+    e.add_argument("--overwrite", action="store_true", help="replace an example folder written before")
     p.set_defaults(func=_run)
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from .._errors import ImageError, ModelNotAvailable, ParameterError
 
-__all__ = ["PipelineAdapter", "importable", "pipeline_config", "pipeline_name"]
+__all__ = ["PipelineAdapter", "check_model_files", "importable", "pipeline_config", "pipeline_name"]
 
 
 def importable(package: str) -> bool:
@@ -54,9 +54,34 @@ def pipeline_config(model: str) -> dict[str, Any]:
             raise ParameterError(f"cannot read {model!r}/pipeline.json from the hub ({type(exc).__name__}: {exc}); "
                                  "give a local model folder, or --model proxy") from exc
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except ValueError as exc:
         raise ParameterError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or not isinstance(config.get("args", {}), dict):
+        raise ParameterError(f"{path} holds a {type(config).__name__}, not a pipeline config "
+                             '{"name": ..., "args": {"models": ...}}; give a TRELLIS.2 or TRELLIS model folder')
+    return config
+
+
+def check_model_files(model: str) -> None:
+    """Refuse, naming the file, a local model folder whose weights are broken (TRELLIS would report a hub error)."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return
+    models = pipeline_config(model).get("args", {}).get("models", {})
+    for name, ref in (models.items() if isinstance(models, dict) else []):
+        config, weights = folder / f"{ref}.json", folder / f"{ref}.safetensors"
+        if not (config.exists() or weights.exists()):
+            continue  # a model of another repository, fetched from the hub
+        try:
+            json.loads(config.read_text())
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as f:
+                list(f.keys())
+        except Exception as exc:  # a missing, truncated or foreign file
+            raise ParameterError(f"model {name!r} of {model}: {config.name} / {weights.name} cannot be read "
+                                 f"({type(exc).__name__}: {exc}); download the model folder again") from exc
 
 
 def pipeline_name(model: str) -> str:
@@ -115,6 +140,7 @@ class PipelineAdapter:
     @classmethod
     def load(cls, model: str, *, device: str | torch.device | None = None, **options: Any) -> PipelineAdapter:
         """``from_pretrained(model)`` (hub id or local folder), moved to ``device`` (default: CUDA if present)."""
+        check_model_files(model)
         pipeline = cls.pipeline_class().from_pretrained(model)
         pipeline.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
         return cls(pipeline, **options)

@@ -303,8 +303,14 @@ def load_models(path: str | Path, device: str | torch.device = "cpu") -> ProxyMo
         raise ValueError(f"weights={str(path)!r} is not a readable safetensors file ({exc}); re-train or reinstall") from exc
     if meta.get("format") != "trellis-mv-proxy-1":
         raise ValueError(f"weights={str(path)!r} is not a trellis-mv proxy weights file (format={meta.get('format')!r})")
-    cfg = ProxyConfig(**json.loads(meta["config"]))
-    models = ProxyModels(cfg)
+    try:
+        cfg = ProxyConfig(**json.loads(meta["config"]))
+        if not all(isinstance(v, int) and 0 < v <= 4096 for v in cfg.__dict__.values()):
+            raise ValueError(f"sizes out of range: {cfg}")
+        models = ProxyModels(cfg)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"weights={str(path)!r} has a broken proxy config ({type(exc).__name__}: {exc}); re-train or "
+                         "reinstall") from exc
     try:
         models.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as exc:

@@ -31,6 +31,7 @@ the pipeline's ``prepare`` gives them; for another pipeline pass ``score=``, a f
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -175,9 +176,14 @@ def auto_generate(
         result, patches = run.output, run.patches
         calls += run.cost()["model_forwards"]
         errors = np.asarray(torch.as_tensor(scorer(result, images, cams)).float().cpu(), dtype=float).reshape(-1)
+        if errors.shape[0] != len(images):
+            raise ValueError(f"the scorer {getattr(scorer, '__name__', scorer)!r} returned {errors.shape[0]} errors for "
+                             f"{len(images)} views (candidate {label!r}); it must return one error per view")
         per_view[label] = errors.tolist()
-        scores[label] = float(np.median(errors))
-        if best is None or scores[label] < best[0]:
+        scores[label] = float(np.median(errors)) if np.isfinite(errors).all() else float("nan")
+        if not math.isnan(scores[label]) and (best is None or scores[label] < best[0]):
             best = (scores[label], label, result, patches)
-    assert best is not None
+    if best is None:
+        raise ValueError(f"every candidate's score is NaN ({', '.join(scores)}); the scorer cannot judge these results: "
+                         "check it, or pass score= with one finite error per view")
     return AutoResult(result=best[2], choice=best[1], scores=scores, per_view=per_view, patches=best[3], model_calls=calls)
