@@ -203,7 +203,8 @@ def visible_faces(occupancy: Any, cameras: Cameras, size: int | None = None, *, 
     gets about five rows of pixels). Faces between two occupied voxels, faces turned away
     from the camera and faces hidden behind other voxels are never visible.
 
-    :param occupancy: one shape, ``[R, R, R]`` (bool or float > 0.5).
+    :param occupancy: one shape, ``[R, R, R]`` (bool or float > 0.5), or a batch ``[B, R, R, R]``:
+        then every shape is seen from every camera and the result is ``[B, V, 6, R, R, R]``.
     :param cameras: the cameras (see the module's description).
     :param size: the resolution of the traversal, in pixels.
     :param names: named cameras (an adapter's ``named_cameras``).
@@ -214,17 +215,14 @@ def visible_faces(occupancy: Any, cameras: Cameras, size: int | None = None, *, 
     ([(1, 1), (2, 1)], [(1, 1)])
     """
     occ, _ = _as_batch(occupancy)
-    if occ.shape[0] != 1:
-        raise ValueError(f"visible_faces takes one shape [R, R, R], got occupancy of shape {tuple(occ.shape)}")
-    r = occ.shape[1]
-    hits = trace(occ, cameras, size or 12 * r, names=names)
-    nv = len(cameras)
-    out = torch.zeros(nv * 6 * r**3, dtype=torch.bool, device=occ.device)
-    v = torch.arange(nv, device=occ.device)[:, None, None].expand(hits.hit.shape)
+    b, r, nv = occ.shape[0], occ.shape[1], len(cameras)
+    hits = trace(occ.repeat_interleave(nv, 0) if b > 1 else occ, list(cameras) * b, size or 12 * r, names=names)
+    out = torch.zeros(b * nv * 6 * r**3, dtype=torch.uint8, device=occ.device)
+    v = torch.arange(b * nv, device=occ.device)[:, None, None].expand(hits.hit.shape)
     vx = hits.voxel
     idx = (((v * 6 + hits.face) * r + vx[..., 0]) * r + vx[..., 1]) * r + vx[..., 2]
-    out[idx[hits.hit]] = True
-    return out.reshape(nv, 6, r, r, r)
+    out.scatter_reduce_(0, idx.flatten(), hits.hit.flatten().to(torch.uint8), "amax")  # no host sync
+    return out.bool().reshape(b, nv, 6, r, r, r) if b > 1 else out.bool().reshape(nv, 6, r, r, r)
 
 
 def input_views(occupancy: Any, colors: Any, cameras: Cameras, size: int = 64, *, names: Mapping[str, Any] | None = None

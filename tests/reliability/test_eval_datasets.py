@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from trellis_mv.eval._cli import main as eval_main
+from trellis_mv.eval.cli import main as eval_main
 
 from trellis_mv.eval import _run
 from trellis_mv.eval._datasets import FolderDataset, write_example_folder

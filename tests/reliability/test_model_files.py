@@ -34,7 +34,7 @@ def test_a_training_checkpoint_with_code_in_it_is_refused(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     torch.save({"config": {}, "payload": Path("anything")}, ckpt)  # a pickled object, not a tensor or a plain value
     with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
-        train.train(steps=1, shapes=2, batch=2, ckpt=str(ckpt), device="cpu")
+        train.train(steps=1, shapes=2, batch=2, ckpt=str(ckpt), device="cpu", legacy=True)
 
 
 @pytest.mark.parametrize("config", ['{"width": -1}', "[160, 5]", '{"colour": 3}'])

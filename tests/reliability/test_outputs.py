@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from trellis_mv.eval._cli import main as eval_main
+from trellis_mv.eval.cli import main as eval_main
 
 from trellis_mv import proxy
 from trellis_mv._errors import OutputError

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from trellis_mv import parse_camera, proxy
@@ -118,10 +119,19 @@ class ProxyDataset:
         return [str(start + i) for i in range(self.objects)]
 
     def load(self, object_id: str) -> EvalObject:
-        shape = proxy.make_shape(int(object_id))
+        return self.load_many([object_id])[0]
+
+    def load_many(self, object_ids: list[str], device: torch.device | str = "cpu") -> list[EvalObject]:
+        """Several objects at once, their views rendered together on ``device`` (where the model runs)."""
         names = VIEW_SETS[max(VIEW_SETS)]
-        images = proxy.input_views(shape.occupancy, shape.colors, names)
-        return EvalObject(object_id, dict(zip(names, images)), {n: proxy.NAMED_VIEWS[n] for n in names}, shape=shape)
+        shapes = [proxy.make_shape(int(oid)) for oid in object_ids]
+        occ = torch.from_numpy(np.stack([s.occupancy for s in shapes])).to(device)
+        col = torch.from_numpy(np.stack([s.colors for s in shapes])).to(device)
+        n = len(names)
+        images = proxy.input_views(occ.repeat_interleave(n, 0), col.repeat_interleave(n, 0), names * len(shapes))
+        cameras = {v: proxy.NAMED_VIEWS[v] for v in names}
+        return [EvalObject(oid, dict(zip(names, images[k * n : (k + 1) * n])), dict(cameras), shape=shape)
+                for k, (oid, shape) in enumerate(zip(object_ids, shapes))]
 
     def view_names(self, object_id: str) -> list[str]:
         return list(VIEW_SETS[max(VIEW_SETS)])

@@ -194,38 +194,52 @@ def _mesh_and_view_scores(adapter: Any, obj: EvalObject, job: Job, output: Any) 
 
 
 class _Objects:
-    """The objects of the running chunk and each object's :class:`VoxelTruth` (on the model's device), loaded once."""
+    """The objects of the coming chunks, their views as images and their :class:`VoxelTruth` (on the model's
+    device), each made once: a data set with ``load_many`` renders a chunk's objects together on the device."""
 
     def __init__(self, ds: Dataset, device: torch.device | None) -> None:
         self.ds, self.device = ds, device or torch.device("cpu")
         self._objects: dict[str, EvalObject] = {}
         self._truths: dict[str, VoxelTruth] = {}
+        self._images: dict[tuple[str, str], Any] = {}
 
-    def get(self, object_id: str) -> EvalObject:
-        if object_id not in self._objects:
-            self._objects[object_id] = self.ds.load(object_id)
-        return self._objects[object_id]
+    def load(self, object_ids: Sequence[str]) -> list[EvalObject]:
+        new = [o for o in dict.fromkeys(object_ids) if o not in self._objects]
+        if new:
+            many = getattr(self.ds, "load_many", None)
+            loaded = many(new, self.device) if many is not None else [self.ds.load(o) for o in new]
+            self._objects.update(zip(new, loaded))
+            shapes = [obj for obj in loaded if obj.shape is not None]
+            if shapes:
+                truths = VoxelTruth.many([obj.shape for obj in shapes], self.device)  # type: ignore[misc]
+                self._truths.update((obj.object_id, t) for obj, t in zip(shapes, truths))
+        return [self._objects[o] for o in object_ids]
 
     def truth(self, obj: EvalObject) -> VoxelTruth:
-        if obj.object_id not in self._truths:
-            assert obj.shape is not None
-            self._truths[obj.object_id] = VoxelTruth(obj.shape, self.device)
         return self._truths[obj.object_id]
+
+    def image(self, obj: EvalObject, view: str) -> Any:
+        """A view as a user's image would be (a PIL image for a rendered tensor), converted once per object."""
+        key = (obj.object_id, view)
+        if key not in self._images:
+            self._images[key] = _as_image(obj.images[view])
+        return self._images[key]
 
     def keep(self, object_ids: set[str]) -> None:
         """Forget the objects no later chunk needs."""
-        for cache in (self._objects, self._truths):
-            for oid in [o for o in cache if o not in object_ids]:
-                del cache[oid]
+        for oid in [o for o in self._objects if o not in object_ids]:
+            del self._objects[oid]
+            self._truths.pop(oid, None)
+        self._images = {k: v for k, v in self._images.items() if k[0] in object_ids}
 
 
 def _run_chunk(adapter: Any, objects: _Objects, chunk: Sequence[Job], params: Mapping[str, Any] | None,
                max_batch: int | None, group: Any = None) -> list[dict[str, Any]]:
     """Generate and score jobs that share (aggregator, number of views): one record each."""
     info = traits(adapter)
-    objs = [objects.get(job.object_id) for job in chunk]
+    objs = objects.load([job.object_id for job in chunk])
     cameras = [[_camera(obj, v, info.named_cameras) for v in job.views] for obj, job in zip(objs, chunk)]
-    gen = _generate(adapter, [[obj.images[v] for v in job.views] for obj, job in zip(objs, chunk)],
+    gen = _generate(adapter, [[objects.image(obj, v) for v in job.views] for obj, job in zip(objs, chunk)],
                     chunk[0].aggregator, [job.seed for job in chunk], params=params, max_batch=max_batch,
                     cameras=[c if any(x is not None for x in c) else None for c in cameras], group=group)
     voxel = info.to_voxels is not None and all(obj.shape is not None for obj in objs)

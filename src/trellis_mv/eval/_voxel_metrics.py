@@ -147,14 +147,14 @@ def _face_labels(occ: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _surface(occupancy: torch.Tensor) -> torch.Tensor:
-    """The faces of occupied cells whose neighbour is empty, ``bool [6, R, R, R]`` in the order of :data:`FACES`."""
+    """The faces of occupied cells whose neighbour is empty, ``bool [B, 6, R, R, R]`` in the order of :data:`FACES`."""
     r = occupancy.shape[-1]
     padded = torch.nn.functional.pad(occupancy, (1, 1, 1, 1, 1, 1))
     faces = []
     for axis, sign in FACES:
-        neighbour = torch.roll(padded, -sign, axis)[1 : r + 1, 1 : r + 1, 1 : r + 1]
+        neighbour = torch.roll(padded, -sign, axis + 1)[:, 1 : r + 1, 1 : r + 1, 1 : r + 1]
         faces.append(occupancy & ~neighbour)
-    return torch.stack(faces)
+    return torch.stack(faces, 1)
 
 
 class VoxelTruth:
@@ -162,21 +162,50 @@ class VoxelTruth:
 
     What does not depend on the result (the true silhouettes and colours seen from each
     camera, the faces each camera sees, the surface, the renders from :data:`HELD_OUT_VIEWS`)
-    is computed on first use and kept, so an object's many jobs (aggregators, view counts,
-    seeds) pay for it once.
+    is computed once and kept, so an object's many jobs (aggregators, view counts, seeds) pay
+    for it once; :meth:`many` computes it for a batch of objects in a few device calls.
+    Cameras other than the standard ones are traced on first use.
+
+    >>> truth = VoxelTruth.of(make_shape(HELD_OUT_SEED))
+    >>> tuple(truth.view("front")[0].shape), tuple(truth.seen("back").shape)
+    ((64, 64), (6, 16, 16, 16))
     """
 
-    def __init__(self, shape: Shape, device: torch.device | str = "cpu", all_views: Sequence[Any] = VIEW_SETS[4]) -> None:
-        self.shape = shape
-        self.device = torch.device(device)
-        self.occupancy = torch.from_numpy(shape.occupancy).to(self.device)
-        self.colors = torch.from_numpy(shape.colors).to(self.device)
-        self.labels = _palette_labels(self.colors)
-        self.surface = _surface(self.occupancy)
-        self.seen_any = visible_faces(self.occupancy, list(all_views)).any(0)
-        self.heldout = render(self.occupancy, self.colors, HELD_OUT_VIEWS, size=_SIZE)
-        self._views: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._seen: dict[Any, torch.Tensor] = {}
+    def __init__(self, shape: Shape, occupancy: torch.Tensor, colors: torch.Tensor, labels: torch.Tensor,
+                 surface: torch.Tensor, seen_any: torch.Tensor, heldout: tuple[torch.Tensor, torch.Tensor],
+                 views: dict[Any, tuple[torch.Tensor, torch.Tensor]], seen: dict[Any, torch.Tensor]) -> None:
+        self.shape, self.occupancy, self.colors, self.labels = shape, occupancy, colors, labels
+        self.surface, self.seen_any, self.heldout = surface, seen_any, heldout
+        self._views, self._seen = views, seen
+
+    @classmethod
+    def many(cls, shapes: Sequence[Shape], device: torch.device | str = "cpu",
+             all_views: Sequence[Any] = VIEW_SETS[4]) -> list[VoxelTruth]:
+        """The truths of several objects, computed together on ``device``."""
+        dev = torch.device(device)
+        b = len(shapes)
+        occ = torch.from_numpy(np.stack([s.occupancy for s in shapes])).to(dev)
+        col = torch.from_numpy(np.stack([s.colors for s in shapes])).to(dev)
+        labels = _palette_labels(col)
+        cams = [parse_camera(c, NAMED_VIEWS) for c in all_views]
+        nc, h = len(cams), len(HELD_OUT_VIEWS)
+        seen = visible_faces(occ, cams).reshape(b, nc, 6, *occ.shape[1:])
+        hits = trace(occ.repeat_interleave(nc, 0), cams * b, _SIZE)
+        item = torch.arange(b * nc, device=dev)[:, None, None] // nc
+        vx = hits.voxel
+        view_labels = labels[item.expand(hits.hit.shape), vx[..., 0], vx[..., 1], vx[..., 2]].reshape(b, nc, _SIZE, _SIZE)
+        view_hits = hits.hit.reshape(b, nc, _SIZE, _SIZE)
+        img, mask = render(occ.repeat_interleave(h, 0), col.repeat_interleave(h, 0), HELD_OUT_VIEWS * b, size=_SIZE)
+        img, mask = img.reshape(b, h, *img.shape[1:]), mask.reshape(b, h, *mask.shape[1:])
+        surface = _surface(occ)
+        return [cls(shapes[k], occ[k], col[k], labels[k], surface[k], seen[k].any(0), (img[k], mask[k]),
+                    {c: (view_hits[k, i], view_labels[k, i]) for i, c in enumerate(cams)},
+                    {c: seen[k, i] for i, c in enumerate(cams)}) for k in range(b)]
+
+    @classmethod
+    def of(cls, shape: Shape, device: torch.device | str = "cpu", all_views: Sequence[Any] = VIEW_SETS[4]) -> VoxelTruth:
+        """The truth of one object."""
+        return cls.many([shape], device, all_views)[0]
 
     def view(self, camera: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The true silhouette ``bool [S, S]`` and the palette index each pixel shows ``long [S, S]``, from ``camera``."""
@@ -316,7 +345,7 @@ def score_voxels(
     if not list(given_views):
         raise ValueError("given_views is empty: pass the views the result was generated from, e.g. ['front']")
     occ = torch.as_tensor(occupancy).bool()
-    truth = VoxelTruth(shape, occ.device, all_views)
+    truth = VoxelTruth.of(shape, occ.device, all_views)
     scores = score_voxels_batch(occ[None], torch.as_tensor(colors)[None], [truth], [list(given_views)])
     return {key: float(value[0]) for key, value in scores.items()}
 

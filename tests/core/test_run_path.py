@@ -357,7 +357,7 @@ def test_a_signal_mid_run_leaves_nothing_behind(tmp_path, sig):
     script.write_text(
         "import sys, time\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from test_run import TwoStage, _views\n"
+        "from test_run_path import TwoStage, _views\n"
         "from trellis_mv.cli import _sigterm_as_interrupt\n"
         "import trellis_mv\n"
         "class Slow(TwoStage):\n"
