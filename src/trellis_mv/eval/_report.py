@@ -13,7 +13,10 @@ oracle). Files written:
   of the paired bootstrap interval, ``p`` the Wilcoxon signed-rank test's;
 - ``timing.csv`` (wall seconds, peak GPU memory: they vary from run to run, so they are kept
   apart and the two tables above are identical for any number of processes or restarts);
-- ``summary.md`` and, with matplotlib installed, ``views.png`` and ``scatter.png``.
+- ``summary.md``: one table per metric (rows that are identical on every object folded into
+  one), the cost, and whether the objects are enough to resolve a difference of ``min_effect``
+  in the main metric;
+- with matplotlib installed, ``views.png``, ``scatter.png`` and ``cost_quality.png``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +36,67 @@ from trellis_mv.eval._jobs import SINGLE, ResultStore
 from trellis_mv.eval._metrics import lower_is_better
 from trellis_mv.eval._stats import mean_ci, paired
 
-__all__ = ["BASELINES", "write_report"]
+__all__ = ["BASELINES", "DEFAULT_MIN_EFFECT", "METRICS", "Report", "Resolution", "main_metric", "resolution",
+           "write_report"]
 
 BASELINES = ("single-mean", "single-best", "multidiffusion")
+
+#: The difference in the main metric a run should resolve, unless told otherwise (``--min-effect``).
+DEFAULT_MIN_EFFECT = 0.01
+
+#: ``1.96 * sqrt(2)``: a difference of this many standard errors is found at the 5% level about
+#: 80% of the time (``1.96 + 0.84``), so it is the smallest one a run can be said to resolve.
+_RESOLVE_Z = 1.96 * math.sqrt(2)
+
+#: Known metrics in the order of the report, each with its meaning; others follow in the order seen.
+METRICS: dict[str, str] = {
+    "iou": "shape: intersection over union of the result's voxels with the true voxels",
+    "voxel_iou": "shape: IoU of the surface voxels of the result's mesh, aligned to the true mesh",
+    "chamfer": "shape: mean distance from each surface to the other, both ways (voxels; for meshes, of the longest side)",
+    "fscore": "shape: F-score of the voxels within one voxel of the other shape",
+    "fscore@0.02": "shape: F-score of surface points within 0.02 of the longest side of the other surface",
+    "fscore@0.05": "shape: F-score of surface points within 0.05 of the longest side of the other surface",
+    "given_silhouette_iou": "IoU of the result's silhouette with the true one at the given views (their mean)",
+    "first_silhouette_iou": "IoU of the result's silhouette with the true one at the first view (comparable across N)",
+    "given_color_acc": "fraction of the pixels inside the true silhouettes of the given views shown in the right colour",
+    "hidden_color_acc_seen": "colour accuracy of the surface faces the first view hides and another standard view shows",
+    "hidden_color_acc_unseen": "colour accuracy of the surface faces no standard view shows",
+    "heldout_color_error": "mean absolute RGB error of renders from views never given",
+    "given_psnr": "PSNR (dB) of renders at the given views' cameras against their photos",
+    "given_ssim": "SSIM of renders at the given views' cameras against their photos",
+    "heldout_psnr": "PSNR (dB) of renders at the cameras of views not given against their photos",
+    "heldout_ssim": "SSIM of renders at the cameras of views not given against their photos",
+    "model_forwards": "model forward passes per generation",
+    "latent_rows": "latent rows through the model per generation (rows of every forward, summed)",
+    "seconds": "wall seconds per generation (of the device the run was on)",
+    "peak_memory_mib": "peak GPU memory per generation (MiB)",
+}
 
 
 def _fmt(x: float) -> str:
     return "nan" if x is None or not math.isfinite(x) else f"{x:.6g}"
+
+
+def _ordered(metrics: Sequence[str]) -> list[str]:
+    """``metrics`` with the known ones first, in :data:`METRICS` order, then the others as given."""
+    known = [m for m in METRICS if m in metrics]
+    return known + [m for m in metrics if m not in METRICS]
+
+
+def _meaning(metric: str) -> str:
+    better = "lower" if lower_is_better(metric) else "higher"
+    return f"{METRICS.get(metric, 'a score of the results')}; {better} is better."
+
+
+def main_metric(metrics: Sequence[str]) -> str:
+    """The metric the cost plot and the resolution check use: ``iou`` (the proxy's voxels), else the first in order.
+
+    >>> main_metric(["chamfer", "iou"]), main_metric(["chamfer", "voxel_iou", "given_psnr"])
+    ('iou', 'voxel_iou')
+    """
+    if not metrics:
+        raise ValueError("no quality metrics in the results: the scorer recorded none")
+    return _ordered(metrics)[0]
 
 
 def _load(out: Path) -> tuple[dict[str, Any], dict[str, list[str]], list[dict[str, Any]]]:
@@ -64,13 +122,14 @@ class _Table:
 
     def __init__(self, records: list[dict[str, Any]], field: str) -> None:
         sums: dict[tuple[str, tuple[str, ...], str, str], list[float]] = defaultdict(list)
-        self.metrics: list[str] = []
+        seen: list[str] = []
         for rec in records:
             for metric, value in rec.get(field, {}).items():
-                if metric not in self.metrics:
-                    self.metrics.append(metric)
+                if metric not in seen:
+                    seen.append(metric)
                 if value is not None:
                     sums[(rec["aggregator"], tuple(rec["views"]), metric, rec["object"])].append(float(value))
+        self.metrics: list[str] = _ordered(seen)
         self.values: dict[tuple[str, tuple[str, ...]], dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
         for (agg, views, metric, obj), vals in sums.items():
             self.values[(agg, views)][metric][obj] = float(np.mean(vals))
@@ -100,21 +159,132 @@ def _rows(table: _Table, config: dict[str, Any], plan: dict[str, list[str]], obj
     return rows
 
 
-def write_report(out: str | Path) -> dict[str, str]:
-    """(Re)build every table and plot of ``out`` from its results; returns the written files."""
+#: Per-object values closer than this (relative) are the same result: batched runs reduce in
+#: another order, which moves float32 sums by about 1e-8, while a real difference is far larger.
+FOLD_RTOL = 1e-6
+
+
+def _folds(rows: dict[str, dict[str, np.ndarray]], metrics: list[str]) -> list[list[str]]:
+    """The labels of ``rows`` grouped by equal per-object values of every metric (to :data:`FOLD_RTOL`), in order."""
+    groups: list[list[str]] = []
+    for label, values in rows.items():
+        for group in groups:
+            first = rows[group[0]]
+            if all(np.allclose(values[m], first[m], rtol=FOLD_RTOL, atol=1e-12, equal_nan=True) for m in metrics):
+                group.append(label)
+                break
+        else:
+            groups.append([label])
+    return groups
+
+
+def _group_name(group: list[str], aggregators: Sequence[str], n: int) -> str:
+    if len(group) == 1:
+        return group[0]
+    if set(aggregators) <= set(group) and "single-mean" in group:
+        return f"any aggregator at N = {n} (= single view)"
+    return " = ".join(group)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How small a difference in ``metric`` the run resolves, against the ``min_effect`` asked for.
+
+    ``smallest`` is ``1.96·√2·sd/√n`` of the per-object paired differences, for the comparison
+    (aggregator ``against`` baseline at ``num_views``) where it is largest; ``needed`` the
+    number of objects that would bring it down to ``min_effect``.
+    """
+
+    metric: str
+    min_effect: float
+    objects: int
+    smallest: float
+    needed: int | None
+    comparison: tuple[str, str, int] | None
+
+    @property
+    def enough(self) -> bool:
+        return self.objects >= 2 and not self.smallest > self.min_effect
+
+    def warning(self) -> str | None:
+        """The warning to show when the objects are too few, else None."""
+        if self.enough:
+            return None
+        if self.objects < 2:
+            return (f"{self.objects} object: the spread of the per-object differences is unknown, so no difference in "
+                    f"{self.metric} can be resolved; run more objects (--min-effect {self.min_effect:g}).")
+        agg, base, n = self.comparison or ("?", "?", 0)
+        return (f"too few objects for --min-effect {self.min_effect:g}: with {self.objects} objects this run resolves "
+                f"differences in {self.metric} of about {self.smallest:.3g} or more ({agg} against {base} at N = {n}); "
+                f"about {self.needed} objects would resolve {self.min_effect:g}.")
+
+    def line(self) -> str:
+        """One line for the summary, whether or not the objects are enough."""
+        if self.objects < 2 or self.comparison is None:
+            return f"Resolution in {self.metric}: not known with {self.objects} object(s)."
+        agg, base, n = self.comparison
+        verdict = "enough" if self.enough else f"about {self.needed} objects needed"
+        return (f"Smallest difference in {self.metric} this run resolves: {self.smallest:.3g} "
+                f"(1.96·√2·sd/√n of the per-object paired differences, {self.objects} objects; largest for {agg} "
+                f"against {base} at N = {n}); asked for {self.min_effect:g} (`--min-effect`): {verdict}.")
+
+
+def resolution(per_n: dict[int, dict[str, dict[str, np.ndarray]]], aggregators: Sequence[str], metric: str,
+               min_effect: float) -> Resolution:
+    """The :class:`Resolution` of ``metric`` over every aggregator against every baseline and N."""
+    worst: tuple[float, int, tuple[str, str, int]] | None = None
+    objects = 0
+    for n, rows in per_n.items():
+        for agg in aggregators:
+            for base in BASELINES:
+                if base == agg:
+                    continue
+                a, b = rows[agg][metric], rows[base][metric]
+                d = (a - b)[np.isfinite(a) & np.isfinite(b)]
+                objects = max(objects, len(d))
+                if len(d) < 2:
+                    continue
+                smallest = _RESOLVE_Z * float(d.std(ddof=1)) / math.sqrt(len(d))
+                if worst is None or smallest > worst[0]:
+                    worst = (smallest, len(d), (agg, base, n))
+    if worst is None:
+        return Resolution(metric, min_effect, objects, math.nan, None, None)
+    smallest, count, where = worst
+    needed = math.ceil(count * (smallest / min_effect) ** 2)
+    return Resolution(metric, min_effect, count, smallest, needed, where)
+
+
+class Report(dict[str, str]):
+    """The files :func:`write_report` wrote (name → path), with its ``warnings`` (lines for the user) and ``resolution``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warnings: list[str] = []
+        self.resolution: Resolution | None = None
+
+
+def write_report(out: str | Path, *, min_effect: float = DEFAULT_MIN_EFFECT) -> Report:
+    """(Re)build every table and plot of ``out`` from its results; returns the written files.
+
+    :param min_effect: the difference in the main metric (:func:`main_metric`) the run should
+        resolve; ``summary.md`` (and the returned ``warnings``) say when the objects are too few.
+    """
     import warnings
 
+    if not min_effect > 0:
+        raise ValueError(f"--min-effect {min_effect}: must be > 0")
     out = Path(out)
     config, plan, records = _load(out)
     have = {r["object"] for r in records}
     objects = [o for o in _plan_objects(plan) if o in have]
     quality, cost, timing = _Table(records, "metrics"), _Table(records, "cost"), _Table(records, "timing")
     counts = [int(n) for n in config["views"]]
-    written: dict[str, str] = {}
+    written = Report()
     summary: list[list[str]] = []
     timing_rows: list[list[str]] = []
     pairs: list[list[str]] = []
     per_n: dict[int, dict[str, dict[str, np.ndarray]]] = {}
+    cost_n: dict[int, dict[str, dict[str, np.ndarray]]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (no such metric for an object)
         for n in counts:
@@ -122,6 +292,7 @@ def write_report(out: str | Path) -> dict[str, str]:
             c = _rows(cost, config, plan, objects, n, cost.metrics, best=False)
             t = _rows(timing, config, plan, objects, n, timing.metrics, best=False)
             per_n[n] = q
+            cost_n[n] = {label: {**c[label], **t[label]} for label in c}
             for label in q:
                 for m in quality.metrics:
                     summary.append([label, str(n), m, *map(_fmt, mean_ci(q[label][m]))])
@@ -146,12 +317,19 @@ def write_report(out: str | Path) -> dict[str, str]:
             w.writerow(header)
             w.writerows(rows)
         written[name] = str(out / name)
+    main = main_metric(quality.metrics)
+    res = resolution(per_n, config["aggregators"], main, min_effect)
+    written.resolution = res
+    written.warnings = [w for w in [res.warning()] if w]
     devices = sorted({r.get("device", "?") for r in records})
+    folds = {n: _folds(per_n[n], quality.metrics) for n in counts}
     (out / "summary.md").write_text(
-        _markdown(config, len(objects), summary, pairs, timing_rows, quality.metrics + cost.metrics, devices)
+        _markdown(config, len(objects), summary, pairs, timing_rows, quality.metrics,
+                  cost.metrics + [m for m in timing.metrics if m in METRICS], devices, folds, res)
     )
     written["summary.md"] = str(out / "summary.md")
     written.update(_plots(out, per_n, quality.metrics, config, counts))
+    written.update(_cost_plot(out, per_n, cost_n, main, config, counts))
     return written
 
 
@@ -162,49 +340,126 @@ def _plan_objects(plan: dict[str, list[str]]) -> list[str]:
     return list(seen)
 
 
-def _markdown(config: dict[str, Any], objects: int, summary: list[list[str]], pairs: list[list[str]],
-              timing: list[list[str]], metrics: list[str], devices: list[str]) -> str:
-    def pm(mean: str, ci: str) -> str:
-        return mean if ci == "nan" else f"{float(mean):.4g} ± {float(ci):.2g}"
+def _arrow(metric: str) -> str:
+    return "↓" if lower_is_better(metric) else "↑"
 
-    cells: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
-    for label, n, m, mean, ci, _ in summary + timing:
-        cells[(label, n)][m] = pm(mean, ci)
-    cols = metrics + [m for m in ("seconds", "peak_memory_mib") if any(m in v for v in cells.values())]
-    arrow = lambda m: "↓" if lower_is_better(m) else "↑"
+
+def _pm(mean: str, ci: str) -> str:
+    if mean == "nan":
+        return "n/a"
+    return f"{float(mean):.4g}" if ci == "nan" or float(ci) == 0 else f"{float(mean):.4g} ± {float(ci):.2g}"
+
+
+def _markdown(config: dict[str, Any], objects: int, summary: list[list[str]], pairs: list[list[str]],
+              timing: list[list[str]], quality: list[str], costs: list[str], devices: list[str],
+              folds: dict[int, list[list[str]]], res: Resolution) -> str:
+    cells: dict[tuple[str, str, str], tuple[str, str]] = {}
+    for label, n, m, mean, ci, count in summary + timing:
+        cells[(label, n, m)] = (_pm(mean, ci), count)
+    diffs: dict[tuple[str, str, str, str], str] = {}
+    for agg, n, base, m, diff, ci, p, _ in pairs:
+        diffs[(agg, n, base, m)] = "n/a" if diff == "nan" else f"{float(diff):+.4g} ± {float(ci):.2g} (p={float(p):.2g})"
+    aggregators = list(config["aggregators"])
+    bases = [b for b in BASELINES if any(k[2] == b for k in diffs)]
     lines = [
         "# Evaluation", "",
         f"model `{config['model']}`, dataset `{config['dataset']}`, {objects} objects, {config['seeds']} seeds each, "
         f"sampler params {json.dumps(config['params']) if config['params'] else 'default'}; "
-        f"run on: {'; '.join(devices)} (seconds and memory are of that device).",
-        "Means over objects (each object's value is the mean over its seeds), ± the 95% half-width.", "",
-        "| aggregator | N | " + " | ".join(f"{m} {arrow(m)}" for m in cols) + " |",
-        "|---|---|" + "---|" * len(cols),
+        f"run on: {'; '.join(devices)} (seconds and memory are of that device).", "",
+        "Means over objects (each object's value is the mean over its seeds) ± the 95% half-width; n objects. "
+        "Δ: the per-object difference (row minus baseline), ± the half-width of its 95% paired-bootstrap interval, "
+        "and the Wilcoxon signed-rank p; \"=\" where the row is that baseline. Rows equal on every object are shown once.",
+        "",
     ]
-    for (label, n), row in cells.items():
-        lines.append(f"| {label} | {n} | " + " | ".join(row.get(m, "") for m in cols) + " |")
-    lines += ["", "## Paired differences", "",
-              "Per-object difference (aggregator minus baseline): mean ± half-width of the 95% paired-bootstrap interval, "
-              "Wilcoxon signed-rank p.", ""]
-    quality = list(dict.fromkeys(p[3] for p in pairs))
-    lines += ["| aggregator | N | baseline | " + " | ".join(quality) + " |", "|---|---|---|" + "---|" * len(quality)]
-    grouped: dict[tuple[str, str, str], dict[str, str]] = defaultdict(dict)
-    for agg, n, base, m, diff, ci, p, _ in pairs:
-        text = "n/a" if diff == "nan" else f"{float(diff):+.4g} ± {float(ci):.2g} (p={float(p):.2g})"
-        grouped[(agg, n, base)][m] = text
-    for (agg, n, base), row in grouped.items():
-        lines.append(f"| {agg} | {n} | {base} | " + " | ".join(row.get(m, "") for m in quality) + " |")
-    return "\n".join(lines) + "\n"
+    warning = res.warning()
+    if warning:
+        lines += [f"> **Warning:** {warning}", ""]
+    lines += [res.line(), "", "## Quality", ""]
+    for m in quality:
+        lines += [f"### {m} {_arrow(m)}", "", _meaning(m), "",
+                  "| aggregator | N | mean | n | " + " | ".join(f"Δ {b}" for b in bases) + " |",
+                  "|---|---|---|---|" + "---|" * len(bases)]
+        for n, groups in folds.items():
+            for group in groups:
+                first = group[0]
+                mean, count = cells.get((first, str(n), m), ("", ""))
+                agg = next((g for g in group if g in aggregators), None)
+                delta = []
+                for b in bases:
+                    if agg is None:
+                        delta.append("")
+                    elif b in group:
+                        delta.append("=")
+                    else:
+                        delta.append(diffs.get((agg, str(n), b, m), ""))
+                lines.append(f"| {_group_name(group, aggregators, n)} | {n} | {mean} | {count} | "
+                             + " | ".join(delta) + " |")
+        lines.append("")
+    shown = [c for c in costs if any(k[2] == c for k in cells)]
+    if shown:
+        lines += ["## Cost", "", *[f"- {c} {_arrow(c)}: {_meaning(c)}" for c in shown], "",
+                  "| aggregator | N | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
+        for n in folds:
+            for label in [*aggregators, "single-mean"]:
+                lines.append(f"| {label} | {n} | " + " | ".join(cells.get((label, str(n), c), ("",))[0] for c in shown)
+                             + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
-def _plots(out: Path, per_n: dict[int, dict[str, dict[str, np.ndarray]]], metrics: list[str], config: dict[str, Any],
-           counts: list[int]) -> dict[str, str]:
+def _pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file backend, or None without matplotlib (the plots are optional)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _cost_plot(out: Path, per_n: dict[int, dict[str, dict[str, np.ndarray]]],
+               cost_n: dict[int, dict[str, dict[str, np.ndarray]]], metric: str, config: dict[str, Any],
+               counts: list[int]) -> dict[str, str]:
+    """``cost_quality.png``: ``metric`` (± its 95% half-width) against model forwards and seconds per generation."""
+    plt = _pyplot()
+    if plt is None:
+        return {}
+    axes_of = [c for c in ("model_forwards", "seconds") if any(c in cost_n[n].get("single-mean", {}) for n in counts)]
+    if not axes_of:
+        return {}
+    labels = [*config["aggregators"], "single-mean"]
+    fig, axes = plt.subplots(1, len(axes_of), figsize=(5.2 * len(axes_of), 4.2), squeeze=False)
+    markers = "os^vDP*Xph"
+    for ax, c in zip(axes.flat, axes_of):
+        for k, label in enumerate(labels):
+            xs, ys, es = [], [], []
+            for n in counts:
+                x = mean_ci(cost_n[n].get(label, {}).get(c, np.array([])))[0]
+                y, e, _ = mean_ci(per_n[n][label][metric])
+                xs.append(x)
+                ys.append(y)
+                es.append(0.0 if math.isnan(e) else e)
+            ax.errorbar(xs, ys, yerr=es, marker=markers[k % len(markers)], capsize=3, linestyle="none",
+                        label="single view (mean)" if label == "single-mean" else label)
+            for x, y, n in zip(xs, ys, counts):
+                if math.isfinite(x) and math.isfinite(y):
+                    ax.annotate(f"N={n}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel("model forwards per generation" if c == "model_forwards" else "seconds per generation")
+        ax.set_ylabel(f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)")
+        ax.set_title(f"{metric} against cost")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "cost_quality.png", dpi=110)
+    plt.close(fig)
+    return {"cost_quality.png": str(out / "cost_quality.png")}
+
+
+def _plots(out: Path, per_n: dict[int, dict[str, dict[str, np.ndarray]]], metrics: list[str], config: dict[str, Any],
+           counts: list[int]) -> dict[str, str]:
+    plt = _pyplot()
+    if plt is None:
         return {}  # plots are optional: `pip install matplotlib`
     if not metrics:
         return {}  # no quality scores (e.g. neither meshes nor cameras): nothing to plot

@@ -37,7 +37,7 @@ __all__ = ["Generation", "evaluate"]
 _CONFIG_FILE = "config.json"
 #: What an evaluation writes in its folder (the marker lists them; see :mod:`trellis_mv._outputs`).
 OUTPUT_FILES = ("config.json", "plan.json", "results", "summary.csv", "paired.csv", "timing.csv", "summary.md",
-                "views.png", "scatter.png", ".config.json.*", ".plan.json.*")
+                "views.png", "scatter.png", "cost_quality.png", ".config.json.*", ".plan.json.*")
 
 
 @dataclass

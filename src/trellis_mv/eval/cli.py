@@ -46,8 +46,9 @@ def _run(args: argparse.Namespace) -> int:
         if not Path(args.dir).is_dir():
             raise FileNotFoundError(f"{args.dir} is not a folder: give the --out folder of a `trellis-mv eval` run")
         with write_lock(check_output(args.dir, kind="eval", resume=True)):
-            files = write_report(args.dir)
+            files = write_report(args.dir, min_effect=_min_effect(args))
         print("wrote " + ", ".join(sorted(files)) + f" to {args.dir}")
+        _print_warnings(files)
         return 0
     if args.eval_command == "example":
         from trellis_mv.eval._datasets import write_example_folder
@@ -74,11 +75,35 @@ def _run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, device=args.device, max_jobs=args.max_jobs, progress=not args.quiet,
         report=not args.no_report, spread_views=args.spread_views, batch=args.batch, wrong_view=args.wrong_view,
     )
+    from trellis_mv.eval._jobs import placement
+    from trellis_mv.eval._report import DEFAULT_MIN_EFFECT, write_report
+
+    if res["report"] and _min_effect(args) != DEFAULT_MIN_EFFECT:  # the run writes it with the default
+        with write_lock(args.out):
+            res["report"] = write_report(args.out, min_effect=_min_effect(args))
     if res["report"]:
         print("wrote " + ", ".join(sorted(res["report"])) + f" to {args.out}")
+        _print_warnings(res["report"])
+    elif placement().rank != 0:  # rank 0 waits for the others and finishes; what is left now is not left then
+        print(f"rank {placement().rank}: ran {res['ran']} jobs")
     elif res["pending"]:
         print(f"ran {res['ran']} jobs; {res['pending']} of {res['jobs']} left: run the same command again to go on")
     return 0
+
+
+def _min_effect(args: argparse.Namespace) -> float:
+    """``--min-effect`` of ``eval report`` if given there, else of ``eval``, else the default."""
+    from trellis_mv.eval._report import DEFAULT_MIN_EFFECT
+
+    for value in (getattr(args, "report_min_effect", None), getattr(args, "min_effect", None)):
+        if value is not None:
+            return float(value)
+    return DEFAULT_MIN_EFFECT
+
+
+def _print_warnings(files: Any) -> None:
+    for line in getattr(files, "warnings", []):
+        print(f"trellis-mv eval: warning: {line}", file=sys.stderr)
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -113,9 +138,13 @@ def _configure(p: argparse.ArgumentParser) -> None:
                         "(instead of sharding the jobs)")
     p.add_argument("--no-report", action="store_true", help="only the runs; build the tables later with `eval report DIR`")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    min_effect = ("the difference in the main metric (iou on the proxy) the objects should resolve; the report "
+                  "warns when they are too few and says how many would do (default 0.01)")
+    p.add_argument("--min-effect", type=float, default=None, metavar="DIFF", help=min_effect)
     sub = p.add_subparsers(dest="eval_command", metavar="{report,example}")
     r = sub.add_parser("report", help="(re)build the tables and plots of a results folder")
     r.add_argument("dir")
+    r.add_argument("--min-effect", dest="report_min_effect", type=float, default=None, metavar="DIFF", help=min_effect)
     e = sub.add_parser("example", help="write a small example dataset folder (proxy shapes with meshes)")
     e.add_argument("dir")
     e.add_argument("--objects", type=int, default=3)
