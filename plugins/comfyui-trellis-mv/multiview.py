@@ -144,7 +144,7 @@ class MultiView:
                 raise ValueError(
                     f"trellis-mv: aggregator {self.aggregator.name!r} builds its own conditioning tensors, which ComfyUI's "
                     "conditioning cannot carry; in ComfyUI choose an aggregator that combines the views' predictions "
-                    "(e.g. multidiffusion, stochastic, weighted, consensus, robust, visibility)"
+                    "(e.g. multidiffusion, stochastic, weighted, consensus, robust)"
                 )
             rows = [int(c[j * b, 0, 0]) for j in range(c.shape[0] // b)]
             # ComfyUI labels each list by its index (transformer_options["cond_or_uncond"]) and models and patches
