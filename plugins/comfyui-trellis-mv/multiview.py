@@ -135,8 +135,8 @@ class MultiView:
             return executor(model, conds, x_in, timestep, model_options)
         if len(positive) != run.count:
             raise ValueError(f"trellis-mv: the positive conditioning had {run.count} views when sampling started and "
-                             f"has {len(positive)} at sigma {float(timestep.flatten()[0]):.4f}; give every view the "
-                             "same timestep range")
+                             f"has {len(positive)} at sigma {float(timestep.flatten()[0]):.4f}; a node between the views "
+                             "and the sampler changes the conditioning while it samples")
         b = int(x_in.shape[0])
 
         def evaluate(x: Any, t_in: Any, c: torch.Tensor, **unused: Any) -> torch.Tensor:
