@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 # The CPU build of torch; with a GPU, create the venv with your own torch first
 # (e.g. `python3 -m venv --system-site-packages .venv`) and it is kept.
 TORCH ?= torch==2.13.0
-PLUGINS := $(wildcard plugins/*/pyproject.toml)
+# Aggregator plugins, each its own distribution; a folder whose pyproject.toml has [tool.comfy] is a
+# ComfyUI custom node (plugins/comfyui-trellis-mv), which ComfyUI loads from its custom_nodes folder.
+PLUGINS := $(shell grep -L '^\[tool\.comfy\]' plugins/*/pyproject.toml)
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(PLUGINS))
 
 .PHONY: setup demo app test check docs wheels clean

@@ -26,6 +26,7 @@ git ls-files -co --exclude-standard -z \
     | while IFS= read -r -d '' f; do [ -f "$f" ] && printf '%s\0' "$f"; done \
     | tar --null -T - -cf - | tar -xf - -C "$work/src"
 for dir in "$work/src" "$work"/src/plugins/*/; do
+    grep -q '^\[tool\.comfy\]' "$dir/pyproject.toml" && continue  # a ComfyUI custom node folder, not a distribution
     "$PYTHON" -m pip wheel -q --no-deps --no-build-isolation --no-index -w "$work/wheels" "$dir"
 done
 echo "wheels: $(cd "$work/wheels" && ls | tr '\n' ' ')"
