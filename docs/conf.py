@@ -36,6 +36,7 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax shipped with the pages: maths renders offline, no CDN
     "sphinx_gallery.gen_gallery",
     "trellis_mv_docs",
 ]

@@ -17,7 +17,7 @@ import inspect
 import os
 import re
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from docutils import nodes
 from docutils.parsers.rst import directives
@@ -160,8 +160,25 @@ def _drop_type_docstring(app: object, what: str, name: str, obj: object, options
         lines.clear()
 
 
+_REMOTE = re.compile(r"""<(?:script|link)[^>]+(?:src|href)=["'](?:https?:)?//[^"']+""")
+
+
+def _no_remote_assets(app: Any, exc: BaseException | None) -> None:
+    """The pages must work offline: a script or stylesheet from another host (a CDN's MathJax) is an error."""
+    if exc is not None or app.builder.format != "html":
+        return
+    found = []
+    for page in sorted(Path(app.outdir).rglob("*.html")):
+        for match in _REMOTE.finditer(page.read_text(encoding="utf-8", errors="replace")):
+            found.append(f"{page.relative_to(app.outdir)}: {match[0]}")
+    if found:
+        raise RuntimeError(f"the built pages load {len(found)} assets from the network, e.g. {found[0]}; ship them "
+                           "with the docs instead (maths: the sphinx-mathjax-offline extension)")
+
+
 def setup(app: object) -> dict[str, object]:
     app.connect("autodoc-process-docstring", _drop_type_docstring)
+    app.connect("build-finished", _no_remote_assets)
     app.add_directive("cli-help", CliHelp)
     app.add_directive("benchmark-table", BenchmarkTable)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}
