@@ -16,6 +16,7 @@ import argparse
 import inspect
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -158,6 +159,24 @@ def _drop_type_docstring(app: object, what: str, name: str, obj: object, options
     inherited = inspect.cleandoc(type(obj).__doc__ or "").strip()
     if own and own == inherited:
         lines.clear()
+
+
+_STARTED: dict[str, float] = {}
+
+
+def gallery_progress(gallery_conf: dict, fname: str | None, when: str) -> None:
+    """Say on the console when each gallery example starts and how long it took (sphinx-gallery's
+    ``reset_modules`` hook, called before and after each one), so that a slow machine is not silent."""
+    import time
+
+    if fname is None:
+        return
+    name = Path(fname).name
+    if when == "before":
+        _STARTED[name] = time.perf_counter()
+        print(f"gallery: running {name} ...", file=sys.stderr, flush=True)
+    elif name in _STARTED:
+        print(f"gallery: {name} done in {time.perf_counter() - _STARTED.pop(name):.0f} s", file=sys.stderr, flush=True)
 
 
 _REMOTE = re.compile(r"""<(?:script|link)[^>]+(?:src|href)=["'](?:https?:)?//[^"']+""")
