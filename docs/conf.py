@@ -17,12 +17,19 @@ sys.path.insert(0, str(ROOT / "src"))  # a source checkout builds without instal
 for plugin_src in sorted(ROOT.glob("plugins/*/src")):  # the plugins' API pages need them importable
     sys.path.append(str(plugin_src))
 
-# Gallery scripts run on CPU, single-threaded where it helps, and quietly.
+# Gallery scripts run on CPU, on one thread, and quietly. The proxy's models are small: a
+# second thread gains little, and on a shared, loaded machine OpenMP threads that spin while
+# they wait for a core made examples run many times slower.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import torch  # noqa: E402
+
 import trellis_mv  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 project = "trellis-mv"
 author = "trellis-mv contributors"
@@ -36,6 +43,7 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax shipped with the pages: maths renders offline, no CDN
     "sphinx_gallery.gen_gallery",
     "trellis_mv_docs",
 ]
@@ -76,7 +84,8 @@ sphinx_gallery_conf = {
     "download_all_examples": False,
     "abort_on_example_error": True,
     "remove_config_comments": True,
-    "reset_modules": ("matplotlib",),
+    "reset_modules": ("matplotlib", "trellis_mv_docs.gallery_progress"),
+    "reset_modules_order": "both",
     "capture_repr": (),
     "show_memory": False,
     "show_signature": False,

@@ -25,7 +25,7 @@ from PIL import Image
 
 from trellis_mv import proxy
 from trellis_mv.app import InputError, check_photos, parse_cameras, run, run_options, stage_spec
-from trellis_mv.app._run import stage_clock
+from trellis_mv.app._run import StepClock, stage_steps
 from trellis_mv.cli import build_parser, main
 
 STAGES = proxy.STAGES
@@ -110,21 +110,44 @@ def pipeline():
     return proxy.ProxyPipeline()
 
 
-def test_stage_clock_times_each_stage_and_restores(pipeline, tmp_path):
+def test_step_clock_reports_every_step_with_time_left_and_patches_nothing_else(pipeline, tmp_path):
     before = {s: dict(vars(x)) for s, x in pipeline.samplers.items()}
-    events = []
-    with stage_clock(pipeline, lambda label, finished: events.append((label, finished))) as seconds:
-        summary = run(pipeline, proxy.example_images()[:2], tmp_path / "a", params={s: {"steps": 2} for s in STAGES},
-                      cameras=[None, (300.0, 10.0)])
-    assert events == [(s, finished) for s in STAGES for finished in (False, True)]
-    assert set(seconds) == set(STAGES) and all(v > 0 for v in seconds.values())
-    assert sum(seconds.values()) <= summary["seconds"]["total"]
-    assert {s: dict(vars(x)) for s, x in pipeline.samplers.items()} == before
+    reports = []
+    params = {s: {"steps": 3} for s in STAGES}
+    clock = StepClock(stage_steps(pipeline, params), report=lambda f, text: reports.append((f, text)))
+    clock.begin()
+    summary = run(pipeline, proxy.example_images()[:2], tmp_path / "a", params=params,
+                  cameras=[None, (300.0, 10.0)], on_step=clock)
+    assert [f for f, _ in reports] == pytest.approx([k / 6 for k in range(1, 7)])
+    texts = [t for _, t in reports]
+    assert texts[0].startswith("sparse_structure: step 1/3 · ") and texts[-1].startswith("texture: step 3/3 · ")
+    assert all(re.search(r" · (about \d+ s|under a second) left$", t) for t in texts), texts
+    assert set(clock.seconds) == set(STAGES) and all(v > 0 for v in clock.seconds.values())
+    assert sum(clock.seconds.values()) <= summary["seconds"]["total"]
+    assert {s: dict(vars(x)) for s, x in pipeline.samplers.items()} == before  # no wrapper left behind
     # a view angle given in the page reaches the result
     assert summary["cameras"] == [None, [300.0, 10.0]]
-    with pytest.raises(RuntimeError, match="boom"), stage_clock(pipeline):
-        raise RuntimeError("boom")
-    assert {s: dict(vars(x)) for s, x in pipeline.samplers.items()} == before
+
+
+def test_unknown_step_counts_give_progress_without_a_fraction():
+    reports = []
+    clock = StepClock({"a": None}, report=lambda f, text: reports.append((f, text)))
+    clock.begin()
+    clock("a", 0, None)
+    assert reports == [(None, "a: step 1")]
+
+
+def test_a_camera_aware_aggregator_points_at_the_view_angles_field():
+    pytest.importorskip("trellis_mv_spatial")
+    photos = [str(p) for p in proxy.example_images()[:2]]
+    with pytest.raises(InputError) as missing:
+        run_options(photos, "", STAGES, {"texture": ("visibility", "")})
+    message = str(missing.value)
+    assert message.startswith("stage texture: visibility needs a view angle for each photo and no photo has one: "
+                              "fill 'View angles'"), message
+    assert "cameras=" not in message and "--images" not in message and "patch_sampler" not in message
+    assert run_options(photos, "front; ", STAGES, {"texture": ("visibility", "")}).cameras == [(0.0, 0.0), None]
+    assert run_options(photos, "front; back", STAGES, {"texture": ("visibility", "")}).stages == {"texture": "visibility"}
 
 
 def test_a_failed_run_leaves_the_app_serving(pipeline, monkeypatch, tmp_path):
@@ -146,6 +169,15 @@ def test_a_failed_run_leaves_the_app_serving(pipeline, monkeypatch, tmp_path):
     summary, out = app.generate(opts)
     assert summary["num_views"] == 2 and (out / "mesh.glb").is_file()
     assert set(summary["stage_seconds"]) == set(STAGES)
+
+
+def test_the_viewer_gets_the_result_mesh_not_the_diagnostics(tmp_path):
+    ui = pytest.importorskip("trellis_mv.app._ui", reason="the app needs gradio: pip install 'trellis-mv[app]'")
+    names = ["comparison.png", "diagnostics.npz", "dominant_view.glb", "dominant_view.png", "mesh.glb", "summary.json"]
+    glb, png, paths = ui._outputs({"outputs": names}, tmp_path)
+    assert (Path(glb).name, Path(png).name, len(paths)) == ("mesh.glb", "comparison.png", 6)
+    assert [Path(p).name for p in ui._diagnostics({"outputs": names}, tmp_path)] == ["dominant_view.glb", "dominant_view.png"]
+    assert ui._diagnostics({"outputs": names[:1] + names[4:]}, tmp_path) == (None, None)
 
 
 def test_cli_registers_app_without_importing_gradio():
@@ -317,8 +349,105 @@ def test_browser_compare_and_two_tabs_at_once(page, browser, server):
     assert re.match(r"Done \(run \d+\): compared multidiffusion, stochastic on 3 views\.$", _status(page, "Done"))
     assert re.match(r"Done \(run \d+\): 3 views", _status(other, "Done"))
     for k, name in enumerate(["multidiffusion", "stochastic"]):
-        assert page.inner_text(f"#cmp-title-{k}").startswith(name)
+        assert page.inner_text(f"#cmp-title-{k}").startswith(f"{k + 1} · {name}")
         page.wait_for_selector(f"#cmp-model3d-{k} canvas")
         page.wait_for_selector(f"#cmp-picture-{k} img")
     assert page.inner_text("#cmp-title-2").strip() == ""
     other.close()
+
+
+# ------------------------------------------------------------------------------------------
+# what a researcher sees: the result, prepared photos, progress, messages, a readable comparison
+def _photo_on_a_table(path: Path, busy: bool = False) -> Path:
+    """A 1600x1200 JPEG of a box on a plain table top (``busy``: on a graded one)."""
+    import numpy as np
+
+    pixels = np.empty((1200, 1600, 3))
+    pixels[:] = np.linspace(0, 255, 1600)[None, :, None] if busy else (225, 225, 220)
+    pixels[300:1000, 500:900] = (180, 40, 30)
+    Image.fromarray(pixels.astype("uint8")).save(path, quality=85)
+    return path
+
+
+def test_browser_example_photos_are_one_click_away(page):
+    page.get_by_text("4 views: front, right, back, left").click()
+    for f in proxy.example_images():
+        page.wait_for_selector(f"#photos td.filename[aria-label='{f.name}']")
+    assert page.input_value("#views textarea, #views input") == "front; right; back; left"
+    page.wait_for_function("document.querySelectorAll('#prepared img').length === 4")
+    assert page.inner_text("#prepare-notes").count("already a square on black") == 4
+
+
+def test_browser_photos_are_prepared_with_a_preview_and_a_warning(page, tmp_path):
+    _upload(page, [_photo_on_a_table(tmp_path / "mug.jpg"), _photo_on_a_table(tmp_path / "busy.jpg", busy=True)])
+    page.wait_for_function("document.querySelectorAll('#prepared img').length === 2")
+    notes = page.inner_text("#prepare-notes")
+    assert re.search(r"photo 1 \(mug.jpg\): background #e\w+ removed; cropped to the object", notes), notes
+    assert re.search(r"photo 2 \(busy.jpg\): warning: the background is not plain", notes), notes
+    page.uncheck("#prepare input")
+    page.wait_for_function("document.querySelector('#prepare-notes').innerText.includes('used as uploaded')")
+    page.check("#prepare input")
+    page.fill("#steps textarea, #steps input", "2")
+    page.click("#run")
+    assert re.match(r"Done \(run \d+\): 2 views", _status(page, "Done"))
+    links = {a.get_attribute("download"): a.get_attribute("href") for a in page.locator("#downloads a[download]").all()}
+    data = json.loads(page.request.get(links["summary.json"]).text())
+    assert [Path(p).name for p in data["images"]] == ["0_mug.png", "1_busy.png"]  # the prepared photos ran
+
+
+def test_browser_viewer_shows_the_result_and_diagnostics_apart(page):
+    pytest.importorskip("trellis_mv_spatial")
+    _upload(page, proxy.example_images()[:2])
+    page.fill("#views textarea, #views input", "front; right")
+    page.fill("#steps textarea, #steps input", "2")
+    _choose(page, "agg-texture", "visibility")
+    assert "None for this run" in page.inner_text("#diagnostics-about")
+    assert page.locator("#diagnostics3d a[data-testid=model3d-download-link]").count() == 0
+    page.click("#run")
+    assert re.match(r"Done \(run \d+\): 2 views", _status(page, "Done"))
+    glb = page.locator("#model3d a[data-testid=model3d-download-link]").get_attribute("href")
+    assert glb.split("?")[0].endswith("/mesh.glb"), glb
+    page.locator("#diagnostics3d").scroll_into_view_if_needed()  # the viewer draws once it is on screen
+    page.wait_for_selector("#diagnostics3d canvas")
+    diag = page.locator("#diagnostics3d a[data-testid=model3d-download-link]").get_attribute("href")
+    assert diag.split("?")[0].endswith("/dominant_view.glb"), diag
+    assert "Not the result" in page.inner_text("#diagnostics")
+
+
+def test_browser_a_missing_view_angle_points_at_the_field_and_a_new_run_clears_the_error(page):
+    pytest.importorskip("trellis_mv_spatial")
+    _upload(page, proxy.example_images()[:2])
+    page.fill("#steps textarea, #steps input", "40")  # long enough to watch the progress
+    _choose(page, "agg-texture", "visibility")
+    page.click("#run")
+    message = _status(page, "Error")
+    assert "visibility needs a view angle for each photo" in message and "fill 'View angles'" in message, message
+    assert "cameras=" not in message and "--images" not in message
+    page.fill("#views textarea, #views input", "front; right")
+    page.click("#run")
+    page.wait_for_function("!document.querySelector('#status').innerText.includes('Error')", timeout=2_000)
+    # per-step progress with the time left
+    page.wait_for_function(r"/(sparse_structure|texture): step \d+\/40 · (about \d+ s|under a second) left/"
+                           ".test(document.body.innerText)")
+    assert re.match(r"Done \(run \d+\): 2 views", _status(page, "Done"))
+
+
+def test_browser_compare_is_readable(page):
+    _upload(page, proxy.example_images()[:2])
+    page.fill("#steps textarea, #steps input", "2")
+    page.get_by_role("tab", name="Compare").click()
+    _choose(page, "cmp-agg-1", "stochastic")
+    page.click("#compare")
+    _status(page, "Done")
+    boxes = [page.locator(f"#cmp-model3d-{k}").bounding_box() for k in range(2)]
+    assert abs(boxes[0]["y"] - boxes[1]["y"]) < 2 and boxes[1]["x"] >= boxes[0]["x"] + boxes[0]["width"]  # side by side
+    for k, name in enumerate(["multidiffusion", "stochastic"]):
+        assert page.inner_text(f"#cmp-title-{k}").startswith(f"{k + 1} · {name}")
+        cells = page.locator(f"#cmp-cost-{k} td, #cmp-cost-{k} th")
+        assert cells.count() >= 9
+        heights = [cells.nth(i).bounding_box()["height"] for i in range(cells.count())]
+        assert max(heights) < 2 * min(heights), heights  # no cell wraps letter by letter
+    names = [a.get_attribute("download") for a in page.locator("#cmp-downloads a[download]").all()]
+    assert {"1-multidiffusion-mesh.glb", "2-stochastic-mesh.glb", "2-stochastic-summary.json"} <= set(names), names
+    for cell in page.locator("#cmp-downloads td.filename").all():  # the whole name is shown
+        assert cell.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), cell.inner_text()

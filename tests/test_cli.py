@@ -161,3 +161,64 @@ def test_cameras_after_at_reach_the_summary_and_lists_reach_aggregators(tmp_path
     summary = json.loads((out / "summary.json").read_text())
     # the proxy's own camera names apply: its front is raised 25 degrees, as its views are rendered
     assert summary["cameras"] == [[0.0, 25.0], [90.0, 20.0]] and summary["weights"] == [2 / 3, 1 / 3]
+
+
+def _photo(path, size=(400, 300), background=(225, 225, 220), box=(100, 60, 220, 240), colour=(180, 40, 30), busy=False):
+    """A JPEG of a box on a plain (or, ``busy``, a graded) background, the way a phone sees an object on a table."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pixels = np.empty((size[1], size[0], 3))
+    pixels[:] = background
+    if busy:
+        pixels[:] = np.linspace(0, 255, size[0])[None, :, None]
+    pixels += rng.normal(0, 3, pixels.shape)  # sensor noise and JPEG blocks
+    left, top, right, bottom = box
+    pixels[top:bottom, left:right] = colour
+    Image.fromarray(pixels.clip(0, 255).astype("uint8")).save(path, quality=85)
+    return str(path)
+
+
+def test_prepare_photos_cuts_out_a_plain_background_at_one_scale(tmp_path):
+    import numpy as np
+
+    from trellis_mv._images import FILL, prepare_photos
+
+    big = _photo(tmp_path / "front.jpg", size=(1600, 1200), box=(500, 300, 900, 1000))  # 400 x 700 object
+    small = _photo(tmp_path / "side.jpg", size=(1600, 1200), box=(1000, 500, 1200, 850))  # 200 x 350, off-centre
+    a, b = prepare_photos([big, small])
+    assert a.warning is b.warning is None and a.note.startswith("background #e")
+    side = a.image.size[0]
+    assert a.image.size == b.image.size and side == pytest.approx(700 / FILL, abs=4) and a.image.mode == "RGBA"
+    alpha_a, alpha_b = (np.asarray(p.image)[..., 3] > 0 for p in (a, b))
+    ys, xs = np.nonzero(alpha_a)  # JPEG blurs the edge by a pixel or two
+    assert (ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) == pytest.approx((700, 400), abs=3)  # not the table
+    ys, xs = np.nonzero(alpha_b)
+    assert (ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) == pytest.approx((350, 200), abs=3)  # same scale
+    assert (ys.min() + ys.max()) / 2 == pytest.approx(side / 2, abs=2) and (xs.min() + xs.max()) / 2 == pytest.approx(
+        side / 2, abs=2)  # centred, though it was off-centre in the photo
+    assert np.asarray(a.image)[side // 2, side // 2, :3].tolist() == pytest.approx([180, 40, 30], abs=12)
+
+
+def test_prepare_photos_warns_on_a_busy_background_and_keeps_the_models_own_views(tmp_path):
+    from trellis_mv._images import prepare_photos
+
+    [busy] = prepare_photos([_photo(tmp_path / "busy.jpg", busy=True)])
+    assert busy.warning.startswith("the background is not plain (only ") and "Remove it first" in busy.warning
+    assert busy.image.size == (400, 400) and busy.note == "used as it came; padded to a square"
+    for original, prepared in zip(proxy.example_images(), prepare_photos(proxy.example_images())):
+        assert prepared.warning is None and prepared.note.startswith("already a square on black")
+        assert prepared.image.tobytes() == Image.open(original).convert("RGB").tobytes()
+
+
+def test_generate_preprocess_prepares_the_photos_and_warns(tmp_path, capsys):
+    plain = _photo(tmp_path / "front.jpg")
+    busy = _photo(tmp_path / "back.jpg", busy=True)
+    out = tmp_path / "g"
+    assert main(["generate", "--images", plain, f"{busy}@back", "--preprocess", "--out", str(out), "--steps", "2",
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"trellis-mv: warning: {busy}: the background is not plain" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_views"] == 2 and summary["cameras"][1] == list(proxy.parse_view("back"))
+    assert [p.rsplit("/", 1)[-1] for p in summary["images"]] == ["0_front.png", "1_back.png"]

@@ -16,8 +16,9 @@ import argparse
 import inspect
 import os
 import re
+import sys
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from docutils import nodes
 from docutils.parsers.rst import directives
@@ -160,8 +161,43 @@ def _drop_type_docstring(app: object, what: str, name: str, obj: object, options
         lines.clear()
 
 
+_STARTED: dict[str, float] = {}
+
+
+def gallery_progress(gallery_conf: dict, fname: str | None, when: str) -> None:
+    """Say on the console when each gallery example starts and how long it took (sphinx-gallery's
+    ``reset_modules`` hook, called before and after each one), so that a slow machine is not silent."""
+    import time
+
+    if fname is None:
+        return
+    name = Path(fname).name
+    if when == "before":
+        _STARTED[name] = time.perf_counter()
+        print(f"gallery: running {name} ...", file=sys.stderr, flush=True)
+    elif name in _STARTED:
+        print(f"gallery: {name} done in {time.perf_counter() - _STARTED.pop(name):.0f} s", file=sys.stderr, flush=True)
+
+
+_REMOTE = re.compile(r"""<(?:script|link)[^>]+(?:src|href)=["'](?:https?:)?//[^"']+""")
+
+
+def _no_remote_assets(app: Any, exc: BaseException | None) -> None:
+    """The pages must work offline: a script or stylesheet from another host (a CDN's MathJax) is an error."""
+    if exc is not None or app.builder.format != "html":
+        return
+    found = []
+    for page in sorted(Path(app.outdir).rglob("*.html")):
+        for match in _REMOTE.finditer(page.read_text(encoding="utf-8", errors="replace")):
+            found.append(f"{page.relative_to(app.outdir)}: {match[0]}")
+    if found:
+        raise RuntimeError(f"the built pages load {len(found)} assets from the network, e.g. {found[0]}; ship them "
+                           "with the docs instead (maths: the sphinx-mathjax-offline extension)")
+
+
 def setup(app: object) -> dict[str, object]:
     app.connect("autodoc-process-docstring", _drop_type_docstring)
+    app.connect("build-finished", _no_remote_assets)
     app.add_directive("cli-help", CliHelp)
     app.add_directive("benchmark-table", BenchmarkTable)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}

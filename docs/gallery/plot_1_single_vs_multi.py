@@ -81,8 +81,7 @@ assert "_inference_model" not in vars(pipeline.samplers["texture"])
 
 # %%
 # One shape says little. Over four held-out shapes (two samples each), the mean IoU of
-# one view against four; :doc:`/proxy` has the full table. The proxy reconstructs even
-# the views it was given loosely, so extra views help it only a little.
+# one view against four; four shapes are a glimpse, :doc:`/proxy` measures the gain on 300.
 one, four = [], []
 for i in range(4):
     truth = make_shape(HELD_OUT_SEED + i)

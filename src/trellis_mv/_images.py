@@ -1,10 +1,16 @@
-"""Input views as images: every mode Pillow opens becomes RGB or RGBA faithfully, or is refused clearly."""
+"""Input views as images: every mode Pillow opens becomes RGB or RGBA faithfully, or is refused clearly.
+
+:func:`prepare_photos` is the one photo preparation of trellis-mv (``trellis-mv generate
+--preprocess`` and the app's "Prepare photos"): the object cut out of a plain background and
+centred at one scale across the photos, with a warning where the background is not plain.
+"""
 
 from __future__ import annotations
 
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +20,10 @@ from PIL import Image, ImageOps
 
 from ._errors import ImageError
 
-__all__ = ["check_foreground", "convert", "describe_view", "image_tensor", "load_image", "load_images"]
+__all__ = [
+    "PreparedPhoto", "check_foreground", "convert", "describe_view", "image_tensor", "load_image", "load_images",
+    "prepare_photos",
+]
 
 _TO_RGB = {"1", "L", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
 
@@ -132,3 +141,121 @@ def image_tensor(item: Any, index: int = 0) -> torch.Tensor:
         return item
     rgba = torch.from_numpy(np.asarray(load_image(item, index).convert("RGBA"), dtype=np.float32) / 255)
     return (rgba[..., :3] * rgba[..., 3:]).permute(2, 0, 1).contiguous()
+
+
+# -- photo preparation --------------------------------------------------------------------------------
+
+#: Colour distance (0..1 RGB, Euclidean) within which a pixel counts as the background's colour.
+BACKGROUND_TOLERANCE = 0.12
+#: Share of the border that must be the background's colour for the background to count as plain.
+PLAIN_BORDER = 0.9
+#: The object's longest side in the prepared square, as a share of the side (TRELLIS.2 pads its crop by 1.2).
+FILL = 0.8
+#: Longest side of a prepared photo, in pixels.
+MAX_SIDE = 1024
+
+
+@dataclass
+class PreparedPhoto:
+    """One photo after :func:`prepare_photos`.
+
+    :ivar image: square: the object on a transparent background (RGBA); the photo as it came,
+        made square, where its background could not be removed; or the photo unchanged where it
+        already was a square on black.
+    :ivar note: what was done, in one line.
+    :ivar warning: why the photo was not cut out, and what to do; None when it was.
+    """
+
+    image: Image.Image
+    note: str
+    warning: str | None = None
+
+
+def _mask(im: Image.Image) -> tuple[np.ndarray | None, str, str | None]:
+    """The object's mask, how it was found, and a warning when it could not be."""
+    from scipy import ndimage
+
+    rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255
+    alpha = rgba[..., 3]
+    if im.mode == "RGBA" and float(alpha.min()) < 0.5:
+        return alpha > 0.5, "transparency kept", None
+    rgb = rgba[..., :3]
+    h, w = alpha.shape
+    if h == w and float(np.percentile(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), 95)) < 0.02:
+        return None, "already a square on black, as the model's views are: used as it is", None
+    k = max(1, round(0.02 * min(h, w)))
+    border = np.concatenate([rgb[:k].reshape(-1, 3), rgb[-k:].reshape(-1, 3),
+                             rgb[:, :k].reshape(-1, 3), rgb[:, -k:].reshape(-1, 3)])
+    colour = np.median(border, axis=0)
+    plain = float((np.linalg.norm(border - colour, axis=1) < BACKGROUND_TOLERANCE).mean())
+    if plain < PLAIN_BORDER:
+        return None, "used as it came", (
+            f"the background is not plain (only {plain:.0%} of the border is one colour), so it was not removed; "
+            "the model will see it as part of the object. Remove it first (any background-removal tool; "
+            "save a PNG with transparency) or photograph the object against a plain wall")
+    mask = np.linalg.norm(rgb - colour, axis=-1) >= BACKGROUND_TOLERANCE
+    mask = ndimage.binary_opening(mask, iterations=max(1, k // 4))
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return None, "used as it came", ("nothing differs from the background colour, so no object was found; "
+                                         "check the photo shows the object against a contrasting background")
+    sizes = ndimage.sum(mask, labels, range(1, count + 1))
+    keep = np.isin(labels, 1 + np.flatnonzero(sizes >= 0.05 * sizes.max()))  # the object, not specks
+    rgb_name = "#{:02x}{:02x}{:02x}".format(*(round(float(c) * 255) for c in colour))
+    return ndimage.binary_fill_holes(keep), f"background {rgb_name} removed", None
+
+
+def prepare_photos(images: Sequence[Any]) -> list[PreparedPhoto]:
+    """Cut each photo's object out of a plain background and centre all of them at one scale.
+
+    The background colour is the median of the photo's border; where at least 90% of the
+    border lies within :data:`BACKGROUND_TOLERANCE` of it, the pixels that differ from it
+    (cleaned of specks, holes filled) are the object. A photo with transparency keeps its
+    own. The photos are then cropped to squares centred on their objects, all with one side
+    (the largest object fills :data:`FILL` of it), so that sizes stay comparable between
+    views, and downscaled to at most :data:`MAX_SIDE` pixels. A photo whose background is
+    not plain is only made square, and its :attr:`PreparedPhoto.warning` says so: no
+    learned matting runs here. A square photo on black is already what the model takes
+    (the proxy's renders are) and is left as it is: centring it again would move the object
+    in the frame, and where the object sits in each view tells where it is.
+
+    >>> im = Image.new("RGB", (160, 120), (230, 230, 230))
+    >>> im.paste((200, 30, 30), (20, 30, 60, 70))          # a red box on a grey table
+    >>> [p] = prepare_photos([im])
+    >>> p.image.size, p.image.mode, p.note, p.warning
+    ((50, 50), 'RGBA', 'background #e6e6e6 removed; cropped to the object', None)
+    """
+    loaded = [load_image(item, i) for i, item in enumerate(images)]
+    found = [_mask(im) for im in loaded]
+    boxes = []
+    for mask, _, _ in found:
+        if mask is None or not mask.any():
+            boxes.append(None)
+            continue
+        ys, xs = np.nonzero(mask)
+        boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+    extents = [max(b[2] - b[0], b[3] - b[1]) for b in boxes if b is not None]
+    side = int(np.ceil(max(extents) / FILL)) if extents else 0
+    out = []
+    for im, (mask, how, warning), box in zip(loaded, found, boxes):
+        if how.startswith("already"):
+            out.append(PreparedPhoto(im, how))
+            continue
+        rgba = im.convert("RGBA")
+        if mask is not None:
+            rgba.putalpha(Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)))
+        if box is None:  # made square around its centre, nothing cut out
+            s = max(im.size)
+            cx, cy = im.size[0] / 2, im.size[1] / 2
+            note = how + "; padded to a square"
+        else:
+            s = side
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            note = how + "; cropped to the object"
+        left, top = round(cx - s / 2), round(cy - s / 2)
+        canvas = Image.new("RGBA", (s, s), (0, 0, 0, 0) if mask is not None else (0, 0, 0, 255))
+        canvas.paste(rgba, (-left, -top))
+        if s > MAX_SIDE:
+            canvas = canvas.resize((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+        out.append(PreparedPhoto(canvas, note, warning))
+    return out

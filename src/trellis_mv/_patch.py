@@ -7,7 +7,7 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +22,11 @@ from ._spec import Aggregator
 from ._step import Step, StepRecord, _Counter
 from ._views import Views, normalise_cameras, normalise_sample_weights, normalise_weights, prepare_views
 
-__all__ = ["Patch", "check_views", "patch_sampler"]
+__all__ = ["Patch", "StepCallback", "check_views", "patch_sampler"]
+
+#: ``on_step(stage, step, num_steps)``: called after each model evaluation of a patched sampler, with the
+#: stage label, the 0-based denoising step and the run's step count (None where the sampler does not say it).
+StepCallback = Callable[[str | None, int, int | None], None]
 
 logger = logging.getLogger("trellis_mv")
 
@@ -122,6 +126,7 @@ def patch_sampler(
     frame: Any = None,
     registry: Registry | None = None,
     group: Any = None,
+    on_step: StepCallback | None = None,
     **options: Any,
 ) -> Iterator[Patch]:
     """Make every ``sampler.sample(...)`` inside the block multi-view.
@@ -160,6 +165,8 @@ def patch_sampler(
         under ``torchrun``) over whose ranks the views' rows of each forward are spread; every
         rank runs the same sampling and ends each step with the same latent. ``model_calls``
         and ``batch_rows`` then count this rank's forwards. See :mod:`trellis_mv._distributed`.
+    :param on_step: a progress hook, ``on_step(stage, step, num_steps)``, called after each
+        patched model evaluation (a sampler that evaluates twice a step reports that step twice).
     :param options: the aggregator's options, when it is given by name or class.
     :yields: a :class:`Patch` that counts model calls and records each step.
 
@@ -308,6 +315,8 @@ def patch_sampler(
             patch.batch_rows += counter.rows
         if trace:
             logger.warning("trellis_mv trace: %s stage=%s %s", agg.name, stage, record)
+        if on_step is not None:
+            on_step(stage, run.step, run.num_steps)
         return pred
 
     try:

@@ -1,4 +1,4 @@
-"""The ``trellis-mv`` command: list plugins, run the demo, generate from your views, evaluate, serve the app.
+"""The trellis-mv command: list plugins, run the demo, generate from your photos, evaluate, serve the app.
 
 ``--model proxy`` (the default) runs the embedded proxy model on the CPU; a hub id such as
 ``microsoft/TRELLIS.2-4B`` or a local folder runs TRELLIS.2 or TRELLIS (whichever its
@@ -114,6 +114,29 @@ def _adapter_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+@contextmanager
+def _prepared(images: list[str], quiet: bool) -> Iterator[list[str]]:
+    """The photos after :func:`trellis_mv._images.prepare_photos`, as PNGs named like the originals, in a
+    temporary folder that lives as long as the run."""
+    import tempfile
+    from pathlib import Path
+
+    from ._images import prepare_photos
+
+    prepared = prepare_photos(images)
+    with tempfile.TemporaryDirectory(prefix="trellis-mv-prepared-") as folder:
+        paths = []
+        for i, (original, photo) in enumerate(zip(images, prepared)):
+            path = Path(folder) / f"{i}_{Path(original).stem}.png"
+            photo.image.save(path)
+            paths.append(str(path))
+            if photo.warning:
+                print(f"trellis-mv: warning: {original}: {photo.warning}", file=sys.stderr)
+            elif not quiet:
+                print(f"{original}: {photo.note}", file=sys.stderr)
+        yield paths
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     pairs = [split_image_camera(item) for item in args.images]
     images = [p for p, _ in pairs]
@@ -122,6 +145,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from ._outputs import check_output
 
     check_output(args.out, overwrite=args.overwrite, inputs=images)  # before loading any model
+    if args.preprocess:
+        with _prepared(images, args.quiet) as paths:
+            return _generate(args, paths, cameras, options)
+    return _generate(args, images, cameras, options)
+
+
+def _generate(args: argparse.Namespace, images: list[str], cameras: list[str | None] | None,
+              options: dict[str, Any]) -> int:
     with process_group_from_env() as group:  # under torchrun: one sample, its views spread over the ranks
         adapter = load_adapter(args.model, device=args.device, **options)
         if traits(adapter).verbose is not None:
@@ -160,7 +191,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trellis-mv", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,demo,generate,app,eval}",
+                                title="commands (trellis-mv COMMAND --help for each)")
 
     p = sub.add_parser("list", help="list the registered aggregators and model adapters, and their distributions")
     p.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed to load or to build")
@@ -183,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per view")
     p.add_argument("--max-batch", type=int, default=None, help="at most this many latent rows per model forward")
+    p.add_argument("--preprocess", action="store_true",
+                   help="cut each object out of a plain background and centre the photos at one scale first "
+                        "(no learned matting: a photo whose background is not plain is used as it is, with a warning)")
     g = p.add_argument_group("TRELLIS.2 only")
     g.add_argument("--pipeline-type", choices=["512", "1024", "1024_cascade", "1536_cascade"], default=None,
                    help="default: the pipeline's own (1024_cascade)")
@@ -190,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--envmap", default=None, help="HDR/EXR environment map for the turntable video")
     g.add_argument("--no-video", action="store_true", help="skip the turntable MP4")
     g = p.add_argument_group("TRELLIS.2 and TRELLIS")
-    g.add_argument("--no-preprocess", action="store_true", help="images are already cropped and matted")
+    g.add_argument("--no-preprocess", action="store_true",
+                   help="skip the model's own background removal and crop (images are already cropped and matted)")
     p.set_defaults(func=_cmd_generate)
 
     add_app_command(sub)

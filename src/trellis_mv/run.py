@@ -37,7 +37,7 @@ from ._errors import ParameterError
 from ._images import load_images
 from ._outputs import MARKER, check_output, output_folder
 from ._params import DIALECTS, SAMPLER_PARAMS, check_int, check_sampler_params, check_seed
-from ._patch import Patch, check_views, patch_sampler
+from ._patch import Patch, StepCallback, check_views, patch_sampler
 from ._registry import Registry, get_registry, parse_aggregator, parse_value, resolve
 from ._spec import ADAPTER_DEFAULTS, Adapter, Aggregator
 from ._views import Camera, normalise_cameras, normalise_weights
@@ -221,12 +221,13 @@ def patch_stages(
     registry: Registry | None = None,
     group: Any = None,
     per_sample: bool = False,
+    on_step: StepCallback | None = None,
 ) -> Iterator[dict[str, Patch]]:
     """Patch every stage's sampler with its aggregator; all are restored on exit.
 
     Stages that share one sampler instance share one patch (labelled ``"a+b"``), which
-    needs the same aggregator for both; different ones are an error. ``group`` and
-    ``per_sample``: as in :func:`~trellis_mv.patch_sampler`.
+    needs the same aggregator for both; different ones are an error. ``group``,
+    ``per_sample`` and ``on_step``: as in :func:`~trellis_mv.patch_sampler`.
     """
     process_group = group  # the name `group` is taken below by stages sharing a sampler
     groups: dict[int, list[str]] = {}
@@ -245,7 +246,7 @@ def patch_stages(
                     )
             patch = stack.enter_context(patch_sampler(
                 samplers[group[0]], first, weights=weights, stage="+".join(group), max_batch=max_batch,
-                cameras=cameras, frame=frame, group=process_group, per_sample=per_sample,
+                cameras=cameras, frame=frame, group=process_group, per_sample=per_sample, on_step=on_step,
             ))
             patches.update(dict.fromkeys(group, patch))
         yield patches
@@ -418,6 +419,7 @@ def run_multi_image(
     cameras: Sequence[Any] | None = None,
     registry: Registry | None = None,
     group: Any = None,
+    on_step: StepCallback | None = None,
 ) -> MultiViewResult:
     """One generation of ``adapter`` steered by several views of one object.
 
@@ -440,6 +442,8 @@ def run_multi_image(
     :param group: a ``torch.distributed`` process group over whose ranks each step's views are
         spread (one sample, several GPUs; every rank calls this with the same arguments); see
         :func:`~trellis_mv.patch_sampler`.
+    :param on_step: a progress hook ``on_step(stage, step, num_steps)``, called after each model
+        evaluation of every stage (:func:`~trellis_mv.patch_sampler`).
     """
     rows_for(group)  # a bad group is refused before any model work
     plan = _plan(adapter, images, mode=mode, stages=stages, weights=weights, max_batch=max_batch, params=params,
@@ -451,7 +455,8 @@ def run_multi_image(
         views = adapter.prepare(plan.views)
         start = time.perf_counter()
         with patch_stages(adapter.samplers, plan.aggregators, weights=plan.weights, max_batch=plan.max_batch,
-                          cameras=plan.cameras, frame=traits(adapter).latent_frame, group=group) as patches:
+                          cameras=plan.cameras, frame=traits(adapter).latent_frame, group=group,
+                          on_step=on_step) as patches:
             output = adapter.sample(views, seed=plan.seed, num_samples=plan.num_samples, params=plan.params)
         seconds = time.perf_counter() - start
     inputs = [str(im) if isinstance(im, (str, os.PathLike)) else f"view {i}" for i, im in enumerate(images)]

@@ -227,3 +227,22 @@ def test_cameras_and_diagnostics_reach_the_aggregator_and_the_patch():
             problem.run()
     with pytest.raises(trellis_mv.ViewError, match="camera 'sideways' is not a camera"):
         trellis_mv.parse_camera("sideways")
+
+
+def test_on_step_reports_every_step_of_every_run_and_errors_propagate():
+    """The progress hook sees each denoising step with the run's step count, the cascade's second run too."""
+    problem = make_problem(num_views=3, steps=4)
+    seen = []
+    with patch_sampler(problem.sampler, "multidiffusion", stage="shape", on_step=lambda *a: seen.append(a)):
+        problem.run()
+        problem.run()
+    assert seen == [("shape", i, 4) for _ in range(2) for i in range(4)]
+
+    def stop(stage, step, num_steps):
+        if step == 1:
+            raise KeyboardInterrupt  # a user pressing stop in a progress bar
+
+    before = dict(vars(problem.sampler))
+    with pytest.raises(KeyboardInterrupt), patch_sampler(problem.sampler, "multidiffusion", on_step=stop):
+        problem.run()
+    assert vars(problem.sampler) == before

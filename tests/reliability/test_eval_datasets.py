@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from trellis_mv.eval.cli import main as eval_main
 
 from trellis_mv.eval import _run
 from trellis_mv.eval._datasets import FolderDataset, write_example_folder
+from trellis_mv.eval.cli import main as eval_main
 
 OPTIONS = ["--views", "1", "--steps", "1", "--threads", "1", "--quiet"]
 

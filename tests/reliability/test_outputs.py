@@ -9,11 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from trellis_mv.eval.cli import main as eval_main
 
 from trellis_mv import proxy
 from trellis_mv._errors import OutputError
 from trellis_mv.cli import main
+from trellis_mv.eval.cli import main as eval_main
 
 FAST = ["--quiet", "--steps", "1"]
 EVAL = ["--dataset", "proxy", "--objects", "1", "--views", "1", "--steps", "1", "--threads", "1", "--quiet"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from trellis_mv.eval.cli import main as eval_main
 
 PARAMS = {"sparse_structure": {"steps": 1}, "texture": {"steps": 1}}

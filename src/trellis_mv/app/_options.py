@@ -31,6 +31,7 @@ __all__ = [
     "InputError",
     "RunOptions",
     "aggregator_table",
+    "check_cameras",
     "check_photos",
     "describe",
     "parse_cameras",
@@ -148,6 +149,31 @@ def stage_spec(name: str | None, options: str | None, registry: Registry | None 
     return text
 
 
+def check_cameras(spec: str, count: int, cameras: Sequence[Camera] | None, registry: Registry | None = None, *,
+                  where: str = "aggregator") -> None:
+    """Let the aggregator ``spec`` refuse these photos' view angles now; a missing angle is named as the field to fill.
+
+    >>> check_cameras("multidiffusion", 2, None)
+    """
+    from .._patch import check_views
+
+    agg = resolve(spec, registry=registry or get_registry())
+    try:
+        check_views(agg, count, cameras or ())
+    except TrellisMVError as exc:
+        given = [c for c in (cameras or []) if c is not None]
+        try:  # would it run with an angle for every photo?
+            check_views(agg, count, [(360.0 * i / count, 0.0) for i in range(count)])
+        except TrellisMVError:
+            raise InputError(f"{where}: {exc}") from None
+        missing = "no photo has one" if not given else f"only {len(given)} of {count} photos have one"
+        raise InputError(
+            f"{where}: {agg.name} needs a view angle for each photo and {missing}: fill 'View angles' with one "
+            f"entry per photo, e.g. '{'; '.join(['front', 'right', 'back', 'left'][:count] or ['front'])}', "
+            "or choose another aggregator"
+        ) from None
+
+
 def parse_number(value: Any, what: str, *, integer: bool = False, low: float | None = None, high: float | None = None
                  ) -> float | int | None:
     """A number typed in the page, or None when the field is empty.
@@ -198,6 +224,8 @@ def run_options(
     if unknown:
         raise InputError(f"unknown stage {unknown[0]!r}; this model's stages are: {', '.join(stage_names)}")
     stages = {s: stage_spec(*choices[s], registry, where=f"stage {s}") for s in stage_names if s in choices}
+    for s, spec in stages.items():
+        check_cameras(spec, len(photos), cameras, registry, where=f"stage {s}")
     seed_value = parse_number(seed, "seed", integer=True, low=0, high=2**32 - 1)
     step_value = parse_number(steps, "steps", integer=True, low=1, high=MAX_STEPS)
     guidance_value = parse_number(guidance, "guidance strength", low=0, high=100)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .._patch import StepCallback
 from ..run import generate, load_adapter
 
-__all__ = ["default_params", "load_pipeline", "run", "stage_clock", "stage_names"]
+__all__ = ["StepClock", "default_params", "load_pipeline", "run", "stage_names", "stage_steps"]
 
 
 def load_pipeline(model: str = "proxy") -> Any:
@@ -37,47 +37,68 @@ def default_params(pipeline: Any) -> dict[str, dict[str, Any]]:
     return {s: dict(params.get(s, {})) for s in stage_names(pipeline)}
 
 
-@contextmanager
-def stage_clock(pipeline: Any, on_stage: Callable[[str, bool], None] | None = None) -> Iterator[dict[str, float]]:
-    """Seconds spent in each stage's ``sampler.sample`` during the block (a cascade's calls add up).
+def stage_steps(pipeline: Any, params: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, int | None]:
+    """The denoising steps each stage will take: ``params`` where given, else the adapter's default (None: unknown).
 
-    ``on_stage(name, finished)`` is called as each stage starts and ends (the page's progress bar). Stages that
-    share one sampler instance are timed together under ``"a+b"``. Each sampler is restored
-    when the block ends; the app runs one request at a time, so no other run sees the wrapper.
+    >>> stage_steps(load_pipeline("proxy"), {"texture": {"steps": 3}})
+    {'sparse_structure': 12, 'texture': 3}
     """
-    groups: dict[int, list[str]] = {}
-    samplers = pipeline.samplers
-    for stage, sampler in samplers.items():
-        groups.setdefault(id(sampler), []).append(stage)
-    seconds: dict[str, float] = {}
-    wrapped: list[tuple[Any, bool, Any]] = []
-    try:
-        for names in groups.values():
-            sampler = samplers[names[0]]
-            label = "+".join(names)
-            own = "sample" in vars(sampler)
-            original = sampler.sample
+    defaults = default_params(pipeline)
+    steps = {}
+    for s in stage_names(pipeline):
+        value = (params or {}).get(s, {}).get("steps", defaults[s].get("steps"))
+        steps[s] = value if isinstance(value, int) else None
+    return steps
 
-            def timed(*args: Any, _original: Any = original, _label: str = label, **kwargs: Any) -> Any:
-                if on_stage is not None:
-                    on_stage(_label, False)
-                start = time.perf_counter()
-                try:
-                    return _original(*args, **kwargs)
-                finally:
-                    seconds[_label] = seconds.get(_label, 0.0) + time.perf_counter() - start
-                    if on_stage is not None:
-                        on_stage(_label, True)
 
-            object.__setattr__(sampler, "sample", timed)
-            wrapped.append((sampler, own, original))
-        yield seconds
-    finally:
-        for sampler, own, original in wrapped:
-            if own:
-                object.__setattr__(sampler, "sample", original)
-            else:
-                object.__delattr__(sampler, "sample")
+class StepClock:
+    """Per-step progress of one request (one run, or the runs of a comparison), fed by the core's ``on_step``.
+
+    ``steps`` is the step count of each stage of one run (None where unknown); ``report(fraction,
+    text)`` receives the share done (None while unknown) and a line such as ``texture: step 3/12 ·
+    about 4 s left``. :attr:`seconds` holds, per stage of the current run, the time from the end of
+    the previous stage's last step (the run's start for the first) to the end of its own, so that
+    a stage includes what the model does before it (encoding the photos, decoding the previous
+    stage).
+
+    >>> lines = []
+    >>> clock = StepClock({"a": 2, "b": 2}, report=lambda f, text: lines.append((f, text)))
+    >>> clock.begin()
+    >>> for stage, step in [("a", 0), ("a", 1), ("b", 0), ("b", 1)]:
+    ...     clock(stage, step, 2)
+    >>> [f for f, _ in lines], lines[0][1].split(" · ")[0], sorted(clock.seconds)
+    ([0.25, 0.5, 0.75, 1.0], 'a: step 1/2', ['a', 'b'])
+    """
+
+    def __init__(self, steps: Mapping[str, int | None], *, runs: int = 1,
+                 report: Callable[[float | None, str], None] | None = None) -> None:
+        known = list(steps.values())
+        self.total = sum(known) * runs if known and all(isinstance(n, int) for n in known) else None  # type: ignore[misc]
+        self.report = report
+        self.done = 0
+        self.seconds: dict[str, float] = {}
+        self._start = self._mark = time.perf_counter()
+
+    def begin(self) -> None:
+        """A new run starts: its stages are timed from now."""
+        self.seconds = {}
+        self._mark = time.perf_counter()
+
+    def __call__(self, stage: str | None, step: int, num_steps: int | None) -> None:
+        now = time.perf_counter()
+        label = stage or "?"
+        self.seconds[label] = self.seconds.get(label, 0.0) + now - self._mark
+        self._mark = now
+        self.done += 1
+        if self.report is None:
+            return
+        text = f"{label}: step {step + 1}/{num_steps}" if num_steps else f"{label}: step {step + 1}"
+        fraction = None
+        if self.total:
+            fraction = min(1.0, self.done / self.total)
+            left = (now - self._start) / self.done * max(0, self.total - self.done)
+            text += f" · about {left:.0f} s left" if left >= 1 else " · under a second left"
+        self.report(fraction, text)
 
 
 def run(
@@ -90,10 +111,12 @@ def run(
     params: Mapping[str, Mapping[str, Any]] | None = None,
     seed: int = 42,
     cameras: Sequence[tuple[float, float] | None] | None = None,
+    on_step: StepCallback | None = None,
 ) -> dict[str, Any]:
     """One multi-view generation into ``out_dir``; returns its summary (``outputs`` lists the files).
 
-    ``cameras`` holds one ``(azimuth, elevation)`` or None per image.
+    ``cameras`` holds one ``(azimuth, elevation)`` or None per image; ``on_step`` is the core's
+    progress hook (:class:`StepClock`).
     """
     return generate(pipeline, list(images), out_dir, mode=mode, stages=stages, params=params, seed=seed,
-                    cameras=cameras, overwrite=True)
+                    cameras=cameras, overwrite=True, on_step=on_step)
