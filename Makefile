@@ -29,6 +29,7 @@ app: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 # What CI runs: the tests, the docs with warnings as errors, the plugin wheels in a fresh venv.

@@ -116,6 +116,7 @@ class DistributedRows:
             self._cond_key, self._cond_sum = step.views, step.cond.double().sum().to(device)
         xd = T.feats(step.x_t).double()
         coords = step.x_t.coords.double().sum() if T.is_sparse(step.x_t) else xd.new_zeros(())
+        assert self._cond_sum is not None
         return torch.stack([xd.sum(), (xd * xd).sum(), coords.to(device), self._cond_sum])
 
     def _agree_dtype(self, local: torch.dtype | None, device: torch.device) -> torch.dtype:

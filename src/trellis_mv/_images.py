@@ -227,7 +227,7 @@ def prepare_photos(images: Sequence[Any]) -> list[PreparedPhoto]:
     """
     loaded = [load_image(item, i) for i, item in enumerate(images)]
     found = [_mask(im) for im in loaded]
-    boxes = []
+    boxes: list[tuple[int, int, int, int] | None] = []
     for mask, _, _ in found:
         if mask is None or not mask.any():
             boxes.append(None)

@@ -128,7 +128,7 @@ def save_diagnostics(patch_or_diagnostics: Any, coords: Any = None, out_dir: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [str(out / "view_weights.npz")]
-    np.savez_compressed(written[0], **arrays)
+    np.savez_compressed(written[0], **arrays)  # type: ignore[arg-type]  # numpy's stub types the first keyword
     n = arrays["view_weights"].shape[0]
     confidence = np.clip((arrays["share"] - 1 / n) / max(1 - 1 / n, 1e-6), 0, 1)
     colour = VIEW_COLOURS[arrays["dominant"] % len(VIEW_COLOURS)] * (0.35 + 0.65 * confidence[:, None])

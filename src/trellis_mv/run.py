@@ -214,7 +214,7 @@ def patch_stages(
     samplers: Mapping[str, Any],
     aggregators: Mapping[str, StageSpec],
     *,
-    weights: Sequence[float] | None = None,
+    weights: Sequence[float] | Sequence[Sequence[float]] | None = None,
     max_batch: int | None = None,
     cameras: Sequence[Any] | None = None,
     frame: Any = None,
@@ -585,7 +585,7 @@ def _save_diagnostics(result: MultiViewResult, folder: Path) -> list[str]:
             per_voxel = patch
     if not arrays:
         return []
-    np.savez_compressed(folder / "diagnostics.npz", **arrays)
+    np.savez_compressed(folder / "diagnostics.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub types the first keyword
     written = [Path(p).name for p in save_diagnostics(per_voxel, None, folder)] if per_voxel is not None else []
     return ["diagnostics.npz", *written]
 

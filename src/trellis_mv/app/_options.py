@@ -145,7 +145,8 @@ def stage_spec(name: str | None, options: str | None, registry: Registry | None 
     except TrellisMVError as exc:
         raise InputError(f"{where}: {exc}") from None
     except (ValueError, TypeError) as exc:
-        raise InputError(f"{where}: {name} options {options.strip()!r} are not valid ({exc}); write option=value, ...") from None
+        given = (options or "").strip()
+        raise InputError(f"{where}: {name} options {given!r} are not valid ({exc}); write option=value, ...") from None
     return text
 
 

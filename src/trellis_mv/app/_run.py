@@ -73,7 +73,7 @@ class StepClock:
     def __init__(self, steps: Mapping[str, int | None], *, runs: int = 1,
                  report: Callable[[float | None, str], None] | None = None) -> None:
         known = list(steps.values())
-        self.total = sum(known) * runs if known and all(isinstance(n, int) for n in known) else None  # type: ignore[misc]
+        self.total = sum(n for n in known if n is not None) * runs if known and all(isinstance(n, int) for n in known) else None
         self.report = report
         self.done = 0
         self.seconds: dict[str, float] = {}

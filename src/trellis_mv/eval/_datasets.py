@@ -226,10 +226,10 @@ class FolderDataset:
                 faces = getattr(mesh, "faces", None)
                 if faces is None or len(faces) == 0:
                     raise ValueError(f"object {object_id!r}: {name} has no faces; give a triangle mesh or remove it")
-                if not np.isfinite(np.asarray(mesh.vertices, dtype=float)).all():
+                if not np.isfinite(np.asarray(mesh.vertices, dtype=np.float64)).all():  # type: ignore[attr-defined]
                     raise ValueError(f"object {object_id!r}: {name} has vertices that are NaN or infinite; "
                                      "repair the mesh or remove it")
-                return mesh.process()
+                return mesh.process()  # type: ignore[attr-defined]  # a Trimesh: faces were checked above
         return None
 
     def load(self, object_id: str) -> EvalObject:
@@ -318,7 +318,9 @@ def write_example_folder(
         for name, img in zip(views, images):
             arr = (img.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
             Image.fromarray(arr).save(folder / f"{name}.png")
-            cams[f"{name}.png"] = dict(zip(("azimuth", "elevation"), parse_camera(name, proxy.NAMED_VIEWS)))
+            camera = parse_camera(name, proxy.NAMED_VIEWS)
+            assert camera is not None
+            cams[f"{name}.png"] = dict(zip(("azimuth", "elevation"), camera))
         (folder / "cameras.json").write_text(json.dumps(cams, indent=1) + "\n")
         mesh_from_voxels(shape.occupancy, shape.colors).export(folder / "mesh.ply")
     return root

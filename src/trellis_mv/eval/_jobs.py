@@ -20,7 +20,9 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 __all__ = ["Job", "Placement", "ResultStore", "derive_seed", "placement", "shard"]
 
@@ -72,8 +74,8 @@ def build_jobs(
     return sorted(jobs, key=lambda j: (order[j.object_id], j.aggregator, len(j.views), j.views, j.seed_index))
 
 
-def shard(jobs: Sequence[Job], rank: int, world_size: int) -> list[Job]:
-    """The share of ``rank``: every ``world_size``-th job of the sorted list, from ``rank``."""
+def shard(jobs: Sequence[T], rank: int, world_size: int) -> list[T]:
+    """The share of ``rank``: every ``world_size``-th item (job, or chunk of jobs) of the sorted list, from ``rank``."""
     return list(jobs[rank::world_size])
 
 

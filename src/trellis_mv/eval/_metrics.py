@@ -19,7 +19,7 @@ two thresholds and the IoU of the surface voxels at ``32^3``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -127,8 +127,8 @@ def image_scores(rendered: torch.Tensor, photo: torch.Tensor) -> dict[str, float
 
 
 def view_scores(
-    render: Callable[[Any, tuple[float, float], int], torch.Tensor], output: Any, photos: dict[str, torch.Tensor],
-    cameras: dict[str, tuple[float, float]], prefix: str,
+    render: Callable[[Any, Any, int], torch.Tensor], output: Any, photos: Mapping[str, torch.Tensor],
+    cameras: Mapping[str, Any], prefix: str,
 ) -> dict[str, float]:
     """Mean PSNR/SSIM of ``output``'s renders at the cameras of ``photos`` (keys ``{prefix}_psnr``, ...)."""
     per: dict[str, list[float]] = {}

@@ -354,11 +354,11 @@ def _markdown(config: dict[str, Any], objects: int, summary: list[list[str]], pa
               timing: list[list[str]], quality: list[str], costs: list[str], devices: list[str],
               folds: dict[int, list[list[str]]], res: Resolution) -> str:
     cells: dict[tuple[str, str, str], tuple[str, str]] = {}
-    for label, n, m, mean, ci, count in summary + timing:
-        cells[(label, n, m)] = (_pm(mean, ci), count)
+    for label, nv, m, mean, ci, count in summary + timing:
+        cells[(label, nv, m)] = (_pm(mean, ci), count)
     diffs: dict[tuple[str, str, str, str], str] = {}
-    for agg, n, base, m, diff, ci, p, _ in pairs:
-        diffs[(agg, n, base, m)] = "n/a" if diff == "nan" else f"{float(diff):+.4g} ± {float(ci):.2g} (p={float(p):.2g})"
+    for label, nv, base, m, diff, ci, p, _ in pairs:
+        diffs[(label, nv, base, m)] = "n/a" if diff == "nan" else f"{float(diff):+.4g} ± {float(ci):.2g} (p={float(p):.2g})"
     aggregators = list(config["aggregators"])
     bases = [b for b in BASELINES if any(k[2] == b for k in diffs)]
     lines = [

@@ -558,10 +558,10 @@ def _work(adapter: Any, ds: Dataset, chunks: list[list[Job]], done: set[str], st
             now = time.perf_counter()
             if where.rank == 0 and where.world_size > 1 and progress and (now - last_peek > 5 or k == len(chunks) - 1):
                 last_peek = now
-                done = store.count()
-                rate = (done - done_at_start) / max(now - start, 1e-9)
-                eta = (total - done) / rate if rate > 0 else math.inf
-                bar.set_postfix_str(f"all ranks {done}/{total}, ETA {_hms(eta)}")
+                finished = store.count()
+                rate = (finished - done_at_start) / max(now - start, 1e-9)
+                eta = (total - finished) / rate if rate > 0 else math.inf
+                bar.set_postfix_str(f"all ranks {finished}/{total}, ETA {_hms(eta)}")
     finally:
         bar.close()
     return written

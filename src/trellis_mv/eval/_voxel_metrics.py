@@ -378,7 +378,9 @@ def reference_iou(shape: Shape, given_views: Sequence[str | View], samples: int 
     ref_img, ref_mask = render(occ, torch.from_numpy(shape.colors), given, size=_SIZE)
     hits = trace(occ[None], given, _SIZE, names=NAMED_VIEWS)
     v = hits.voxel[hits.hit]
-    shown = {int(k) for k in np.unique(shape.labels[v[:, 0].numpy(), v[:, 1].numpy(), v[:, 2].numpy()])}
+    labels = shape.labels
+    assert labels is not None, "reference_iou needs a shape with component labels (make_shape gives them)"
+    shown = {int(k) for k in np.unique(labels[v[:, 0].numpy(), v[:, 1].numpy(), v[:, 2].numpy()])}
     hidden = [k for k in range(len(COMPONENTS)) if k not in shown]
     ious: list[float] = []
     stream = shape.seed * 7919 + 1

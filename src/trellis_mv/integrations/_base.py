@@ -141,7 +141,7 @@ class PipelineAdapter:
     def load(cls, model: str, *, device: str | torch.device | None = None, **options: Any) -> PipelineAdapter:
         """``from_pretrained(model)`` (hub id or local folder), moved to ``device`` (default: CUDA if present)."""
         check_model_files(model)
-        pipeline = cls.pipeline_class().from_pretrained(model)
+        pipeline = cls.pipeline_class().from_pretrained(model)  # type: ignore[attr-defined]  # imported lazily
         pipeline.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
         return cls(pipeline, **options)
 

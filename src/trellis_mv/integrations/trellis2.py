@@ -94,7 +94,7 @@ class Trellis2Adapter(PipelineAdapter):
                  preprocess: bool = True, video: bool = True, envmap: str | os.PathLike[str] | None = None,
                  decimation_target: int = 1_000_000, texture_size: int = 4096) -> None:
         super().__init__(pipeline, preprocess=preprocess)
-        self.pipeline_type = pipeline_type or getattr(pipeline, "default_pipeline_type", "1024_cascade")
+        self.pipeline_type: str = pipeline_type or getattr(pipeline, "default_pipeline_type", None) or "1024_cascade"
         needed = required_models(self.pipeline_type)
         models = getattr(pipeline, "models", None)
         if models is not None:

@@ -358,8 +358,8 @@ class FastStep:
         self.batch, self.cond_drop, self.ema = batch, cond_drop, ema
         self.dev = bank.occ.device
         self.use_amp = self.dev.type == "cuda"
-        self.params = [p for p in models.parameters()]
-        self.ema_params = [p for p in ema_models.parameters()]
+        self.params: list[torch.Tensor] = list(models.parameters())
+        self.ema_params: list[torch.Tensor] = list(ema_models.parameters())
         fused = self.dev.type == "cuda"
         self.opt = torch.optim.AdamW(
             self.params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99), fused=True if fused else None

@@ -171,8 +171,8 @@ def auto_generate(
     for candidate in pool:
         label = _label(candidate)
         stages = dict(candidate) if isinstance(candidate, Mapping) else None
-        run = run_multi_image(pipeline, images, mode="multidiffusion" if stages is not None else candidate,
-                              stages=stages, cameras=cams, **run_kwargs)
+        mode: StageSpec = "multidiffusion" if isinstance(candidate, Mapping) else candidate
+        run = run_multi_image(pipeline, images, mode=mode, stages=stages, cameras=cams, **run_kwargs)
         result, patches = run.output, run.patches
         calls += run.cost()["model_forwards"]
         errors = np.asarray(torch.as_tensor(scorer(result, images, cams)).float().cpu(), dtype=float).reshape(-1)
