@@ -1,0 +1,46 @@
+"""Every benchmark script runs: each one's --help (it imports), and the smallest configuration of those that run on a
+CPU in seconds (the GPU and browser ones are measured on their machines; their --help still catches a broken import)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
+#: script -> its smallest configuration (OUT is replaced by a fresh folder)
+SMALLEST = {
+    "eval_batched.py": ["--device", "cpu", "--objects", "2", "--views", "1", "--steps", "2", "--batch", "4",
+                        "--per-job-limit", "2"],
+    "overhead.py": ["--steps", "2", "--repeats", "1"],
+    "proxy_fidelity.py": ["--objects", "2", "--seeds", "1", "--steps", "2", "--reference-samples", "0", "--device",
+                          "cpu", "--out", "OUT"],
+    "quality.py": ["--objects", "2", "--seeds", "1", "--views", "1", "--aggregators", "multidiffusion", "--device", "cpu",
+                   "--out", "OUT"],
+    "spatial_quality.py": ["--objects", "2", "--seeds", "1", "--steps", "2", "--device", "cpu", "--out", "OUT"],
+}
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "support"),
+                                                                               os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_benchmark_imports_and_explains_itself(script: str, tmp_path: Path) -> None:
+    done = _run([f"benchmarks/{script}", "--help"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
+
+
+@pytest.mark.parametrize("script", sorted(SMALLEST))
+def test_the_smallest_configuration_runs(script: str, tmp_path: Path) -> None:
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in SMALLEST[script]]
+    done = _run([f"benchmarks/{script}", *args], tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.strip()
