@@ -63,7 +63,7 @@ def test_weights_load_and_bad_files_fail_clearly(tmp_path):
         load_models(bad)
 
 
-@pytest.mark.parametrize("i", [1])
+@pytest.mark.parametrize("i", [3])  # a shape whose back one view cannot tell
 def test_regression_shipped_weights_use_their_views(pipe, i):
     """Four views pin a held-out shape down better than one, and keep the front as one view does."""
     from trellis_mv import run_multi_image
