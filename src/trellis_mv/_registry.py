@@ -340,7 +340,8 @@ class Registry:
         self._dists[name] = (distribution, version)
         self._infos = None
 
-    def _per_plugin(self, hook: str, **kwargs: Any) -> Iterator[tuple[str, str | None, str | None, list[Any]]]:
+    def _per_plugin(self, hook: str, raised: builtins.list[TrellisMVError] | None = None, **kwargs: Any
+                    ) -> Iterator[tuple[str, str | None, str | None, builtins.list[Any]]]:
         """``(plugin, distribution, version, answers)`` of each plugin implementing ``hook``, one plugin at a time
         (through that plugin's own hook caller, so that tracing sees each call). A plugin whose implementation
         raises is recorded in ``errors`` and skipped, except a :class:`TrellisMVError` (e.g. :class:`ModelNotAvailable`),
@@ -351,8 +352,11 @@ class Registry:
             others = [p for p in self.pm.get_plugins() if p is not impl.plugin]
             try:
                 answers = self.pm.subset_hook_caller(hook, others)(**kwargs)
-            except TrellisMVError:  # about the user's input (a model that cannot run here): theirs to hear
-                raise
+            except TrellisMVError as exc:  # about the user's input (a model that cannot run here): theirs to hear
+                if raised is None:
+                    raise
+                raised.append(exc)  # the caller decides, once every plugin has answered
+                continue
             except (Exception, SystemExit) as exc:
                 self._fail(f"plugin {plugin!r} from distribution {dist!r} raised in {hook}: "
                            f"{type(exc).__name__}: {exc}", plugin, dist)
@@ -474,8 +478,9 @@ class Registry:
         if not isinstance(model, str) or not model.strip():
             raise ParameterError(f"model must be an adapter name (e.g. 'proxy'), a hub id or a model folder; "
                                  f"got model={model!r}")
-        answers = [(dist or plugin, cls) for plugin, dist, _, found in self._per_plugin("adapter_for", model=model)
-                   for cls in found]
+        raised: builtins.list[TrellisMVError] = []
+        answers = [(dist or plugin, cls)
+                   for plugin, dist, _, found in self._per_plugin("adapter_for", raised, model=model) for cls in found]
         if len(answers) > 1:
             listed = " and ".join(f"{getattr(c, 'name', c.__name__)!r} of {d!r}" for d, c in answers)
             raise ParameterError(f"model {model!r} is claimed by two adapters, {listed}; uninstall one, or "
@@ -483,10 +488,15 @@ class Registry:
         if not answers:
             adapters = self.adapters()
             known = "; ".join(f"{i.name} ({i.distribution or i.plugin}): {i.summary}" for i in adapters)
+            message = f"no installed adapter runs model {model!r}; the adapters are: {known or 'none'}."
+            if raised:  # one could not tell (a hub unreachable, a broken folder): say why
+                message += " Asking them: " + " ".join(str(e) for e in raised)
+                raise type(raised[0])(message) if isinstance(raised[0], ParameterError) else ParameterError(message)
             hints = " ".join(h for h in dict.fromkeys(getattr(i.factory, "install_hint", "") for i in adapters) if h)
-            raise ParameterError(f"no installed adapter runs model {model!r}; the adapters are: {known or 'none'}."
-                                 + (f" {hints}" if hints else ""))
+            raise ParameterError(message + (f" {hints}" if hints else ""))
         return answers[0][1]
+
+
 _DISTRIBUTIONS: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
 
 
