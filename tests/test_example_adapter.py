@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,20 +18,10 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "trellis-m
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The example built and installed (no network, no dependencies) into a directory of its own."""
-    work = tmp_path_factory.mktemp("adapter")
-    source, target = work / "source", work / "site"
-    shutil.copytree(EXAMPLE, source)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "--target", str(target), str(source)],
-        check=True, capture_output=True, text=True,
-    )
-    sys.path.insert(0, str(target))
-    yield target
-    sys.path.remove(str(target))
-    sys.modules.pop("trellis_mv_adapter_example", None)
+def installed(tmp_path_factory, install_example):
+    """The example built and installed into a directory of its own."""
+    with install_example(EXAMPLE, "trellis_mv_adapter_example", tmp_path_factory.mktemp("adapter")) as target:
+        yield target
 
 
 def _cli(site: Path, *args: str) -> subprocess.CompletedProcess[str]:

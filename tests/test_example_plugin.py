@@ -1,7 +1,6 @@
 """The third-party example in docs/examples installs like any distribution and is discovered by its entry point."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,20 +14,10 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "trellis-m
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """The example built and installed (no network, no dependencies) into a directory of its own."""
-    work = tmp_path_factory.mktemp("example")
-    source, target = work / "source", work / "site"
-    shutil.copytree(EXAMPLE, source)  # the build writes into its source tree: keep the checkout clean
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "--target", str(target), str(source)],
-        check=True, capture_output=True, text=True,
-    )
-    sys.path.insert(0, str(target))
-    yield target
-    sys.path.remove(str(target))
-    sys.modules.pop("trellis_mv_example", None)
+def installed(tmp_path_factory, install_example):
+    """The example built and installed into a directory of its own."""
+    with install_example(EXAMPLE, "trellis_mv_example", tmp_path_factory.mktemp("example")) as target:
+        yield target
 
 
 def test_the_example_is_under_60_lines():
