@@ -39,6 +39,8 @@ def _worker(rank: int, port: int, out: str, case: str) -> None:
             run_multi_image(ProxyPipeline(), images, mode=mode, params=PARAMS, group=dist.group.WORLD)
     except PatchError as exc:
         error = str(exc)
+    finally:
+        dist.destroy_process_group()  # a gloo group alive at exit can abort the process (SIGABRT)
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(error))
 
 

@@ -13,7 +13,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -459,21 +459,21 @@ def _evaluate(out: Path, ds: Dataset, config: dict[str, Any], ids: list[str], *,
     _write_plan(out, given, where)
 
     store = ResultStore(out)
-    group = _views_group(spread_views, where)
-    chunks = _chunks(jobs, size)
-    mine = chunks if group is not None else shard(chunks, where.rank, where.world_size)
-    done = store.done()
-    todo = [c for c in mine if any(j.key not in done for j in c)]
-    share = sum(len(c) for c in mine)
-    left_mine = sum(1 for c in todo for j in c if j.key not in done)
-    if progress and where.world_size > 1:
-        print(f"rank {where.rank} of {where.world_size} (from {where.source}): {left_mine} of its {share} jobs to run",
-              flush=True)
-    ran = 0
-    if todo and max_jobs != 0:
-        adapter = adapter if adapter is not None else _load_adapter(model, device)
-        ran = _work(adapter, ds, todo, set(done), store, where, share, len(jobs), params, max_batch, progress, group,
-                    max_jobs)
+    with _views_group(spread_views, where) as group:
+        chunks = _chunks(jobs, size)
+        mine = chunks if group is not None else shard(chunks, where.rank, where.world_size)
+        done = store.done()
+        todo = [c for c in mine if any(j.key not in done for j in c)]
+        share = sum(len(c) for c in mine)
+        left_mine = sum(1 for c in todo for j in c if j.key not in done)
+        if progress and where.world_size > 1:
+            print(f"rank {where.rank} of {where.world_size} (from {where.source}): {left_mine} of its {share} jobs to run",
+                  flush=True)
+        ran = 0
+        if todo and max_jobs != 0:
+            adapter = adapter if adapter is not None else _load_adapter(model, device)
+            ran = _work(adapter, ds, todo, set(done), store, where, share, len(jobs), params, max_batch, progress, group,
+                        max_jobs)
     left = len(pending(jobs, store.done()))
     result: dict[str, Any] = {"jobs": len(jobs), "ran": ran, "pending": left, "report": None}
     if where.rank != 0 or not report or max_jobs is not None:
@@ -510,19 +510,28 @@ def _pick_device(device: str, where: Placement) -> str:
     return device
 
 
-def _views_group(spread_views: bool, where: Placement) -> Any:
-    """The process group a job's views are spread over, or None when jobs are sharded over the ranks."""
+@contextlib.contextmanager
+def _views_group(spread_views: bool, where: Placement) -> Iterator[Any]:
+    """The process group a job's views are spread over, or None when jobs are sharded over the ranks.
+
+    A group created here is destroyed on leaving (a gloo group left alive at exit can abort the process)."""
     if not spread_views or where.world_size <= 1:
-        return None
+        yield None
+        return
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         if torch.cuda.is_available():
             torch.cuda.set_device(where.local_rank % torch.cuda.device_count())
         from trellis_mv._distributed import rank_timeout
 
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(seconds=rank_timeout()))
-    return dist.group.WORLD
+    try:
+        yield dist.group.WORLD
+    finally:
+        if created:
+            dist.destroy_process_group()
 
 
 def _work(adapter: Any, ds: Dataset, chunks: list[list[Job]], done: set[str], store: ResultStore, where: Placement,
