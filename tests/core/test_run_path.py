@@ -355,7 +355,9 @@ def test_staging_is_on_the_output_filesystem_not_tmpdir(tmp_path, monkeypatch):
 def test_a_signal_mid_run_leaves_nothing_behind(tmp_path, sig):
     script = tmp_path / "slow.py"
     script.write_text(
-        "import sys, time\n"
+        "import signal, sys, time\n"
+        # a shell's background job starts with SIGINT ignored (and Python keeps it so): give it a terminal's handler
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from test_run_path import TwoStage, _views\n"
         "from trellis_mv.cli import _sigterm_as_interrupt\n"
@@ -365,6 +367,7 @@ def test_a_signal_mid_run_leaves_nothing_behind(tmp_path, sig):
         "        (folder / 'partial.bin').write_bytes(b'x')\n"
         "        print('exporting', flush=True)\n"
         "        time.sleep(30)\n"
+        "        return ['partial.bin']\n"
         "with _sigterm_as_interrupt():\n"
         f"    trellis_mv.generate(Slow(), _views(1), {str(tmp_path / 'out')!r})\n"
     )
