@@ -16,12 +16,21 @@ SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
 SMALLEST = {
     "eval_batched.py": ["--device", "cpu", "--objects", "2", "--views", "1", "--steps", "2", "--batch", "4",
                         "--per-job-limit", "2"],
+    "eval_mesh_workers.py": ["--device", "cpu", "--objects", "2", "--views", "1", "--workers", "1", "--steps", "1",
+                             "--batch", "1"],
     "overhead.py": ["--steps", "2", "--repeats", "1"],
+    "proxy_capacity.py": ["--objects", "2", "--steps", "1"],
     "proxy_fidelity.py": ["--objects", "2", "--seeds", "1", "--steps", "2", "--reference-samples", "0", "--device",
                           "cpu", "--out", "OUT"],
     "quality.py": ["--objects", "2", "--seeds", "1", "--views", "1", "--aggregators", "multidiffusion", "--device", "cpu",
                    "--out", "OUT"],
     "spatial_quality.py": ["--objects", "2", "--seeds", "1", "--steps", "2", "--device", "cpu", "--out", "OUT"],
+}
+
+#: script -> what its smallest configuration must print (a check that can fail, beyond running)
+EXPECT = {
+    "eval_mesh_workers.py": "records equal: True",  # the pool changes no score
+    "proxy_capacity.py": "| ceiling: the truth's own latents, decoded | 1.000 (",  # the scores' own ceiling is 1
 }
 
 
@@ -44,3 +53,4 @@ def test_the_smallest_configuration_runs(script: str, tmp_path: Path) -> None:
     done = _run([f"benchmarks/{script}", *args], tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stdout.strip()
+    assert EXPECT.get(script, "") in done.stdout, done.stdout[-2000:]

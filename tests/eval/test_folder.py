@@ -119,3 +119,58 @@ def test_scores_come_from_the_adapters_optional_members_and_its_prepare(folder, 
     assert {s for _, s in rendered} == {64}
     metrics = json.loads((tmp_path / "run" / "results" / "rank-0000.jsonl").open().readline())["metrics"]
     assert {"chamfer", "given_psnr", "heldout_psnr"} <= set(metrics) and "iou" not in metrics
+
+
+def _metrics(run):
+    lines = (run / "results" / "rank-0000.jsonl").read_text().splitlines()
+    return [(r["key"], r["metrics"]) for r in map(json.loads, lines)]
+
+
+def test_mesh_scores_in_worker_processes_give_the_same_records_in_the_same_order(folder, tmp_path, monkeypatch):
+    from trellis_mv.eval import _run
+
+    params = {"sparse_structure": {"steps": 2}, "texture": {"steps": 2}}
+    common = dict(dataset=FolderDataset(folder), views=[1, 2], progress=False, report=False, params=params, batch=1)
+    evaluate(out=tmp_path / "here", mesh_workers=0, **common)
+    submitted = []
+    real = _run._MeshPool.submit
+    monkeypatch.setattr(_run._MeshPool, "submit", lambda self, p, t: submitted.append(self.workers) or real(self, p, t))
+    evaluate(out=tmp_path / "pool", mesh_workers=2, **common)
+    assert submitted and set(submitted) == {2}  # every mesh went to the pool of two processes
+    here, pool = _metrics(tmp_path / "here"), _metrics(tmp_path / "pool")
+    assert [k for k, _ in pool] == [k for k, _ in here] and len(here) == 2 * (1 + 2 + 1)
+    assert pool == here  # the same numbers, written in the same order
+    assert {"chamfer", "voxel_iou", "given_psnr"} <= set(here[0][1])
+
+
+def test_a_mesh_score_that_fails_in_a_worker_fails_as_it_does_here(folder, tmp_path):
+    class NaNMesh(proxy.ProxyPipeline):
+        def to_mesh(self, output):
+            return trimesh.Trimesh(vertices=np.full((3, 3), np.nan), faces=[[0, 1, 2]], process=False)
+
+    adapter = NaNMesh()
+    adapter.default_params = {s: {**p, "steps": 1} for s, p in adapter.default_params.items()}
+    errors = []
+    for workers in (0, 1):
+        with pytest.raises(ValueError) as info:
+            evaluate(adapter=adapter, out=tmp_path / f"run{workers}", dataset=FolderDataset(folder, objects=1),
+                     views=[1], progress=False, report=False, mesh_workers=workers)
+        errors.append(str(info.value))
+        assert not (tmp_path / f"run{workers}" / "results" / "rank-0000.jsonl").exists()
+    assert errors[0] == errors[1] and "finite" in errors[0]
+
+
+def test_a_worker_that_cannot_start_is_named_with_the_fix(tmp_path):
+    import subprocess
+    import sys
+
+    script = (  # no __main__ guard, read from stdin: a spawned worker cannot re-import it
+        "import trimesh\n"
+        "from trellis_mv.eval._run import _MeshPool, _Pending\n"
+        "pool = _MeshPool(1)\n"
+        "box = trimesh.creation.box()\n"
+        "_Pending({}, pool.submit(box, box), {}).record()\n"
+    )
+    proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "mesh_workers=0" in proc.stderr and '__name__ == "__main__"' in proc.stderr, proc.stderr[-2000:]

@@ -10,10 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -175,22 +179,57 @@ def _camera(obj: EvalObject, view: str, names: Any) -> Camera | None:
         return None
 
 
-def _mesh_and_view_scores(adapter: Any, obj: EvalObject, job: Job, output: Any) -> dict[str, float]:
-    """Scores of one object's result without voxels: against its true mesh, and renders against its photos."""
+def _mesh_and_view_scores(adapter: Any, obj: EvalObject, job: Job, output: Any, meshes: _MeshPool
+                          ) -> tuple[Future[dict[str, float]] | None, dict[str, float]]:
+    """Scores of one object's result without voxels: against its true mesh (in ``meshes``' workers: a future),
+    and renders against its photos (here, with the adapter's ``render``)."""
     info = traits(adapter)
     scores: dict[str, float] = {}
     truth = obj.mesh
     if truth is None and obj.shape is not None:  # another model on the proxy's objects: compare meshes
         truth = mesh_from_voxels(obj.shape.occupancy, obj.shape.colors)
-    if truth is not None:
-        scores.update(score_mesh(_first_mesh(adapter, output), truth))
+    mesh = meshes.submit(_first_mesh(adapter, output), truth) if truth is not None else None
     cameras = {v: c for v in obj.view_names if (c := _camera(obj, v, info.named_cameras)) is not None}
     if info.render is not None and cameras and obj.shape is None:
         given = {v: _photo(adapter, obj.images[v]) for v in job.views if v in cameras}
         held = {v: _photo(adapter, obj.images[v]) for v in obj.view_names if v not in job.views and v in cameras}
         scores.update(view_scores(info.render, output, given, cameras, "given"))
         scores.update(view_scores(info.render, output, held, cameras, "heldout"))
-    return scores
+    return mesh, scores
+
+
+class _MeshPool:
+    """Mesh scores (:func:`~trellis_mv.eval.score_mesh`: trimesh sampling and scipy KD-trees, CPU work) in
+    ``workers`` worker processes, so that they run beside the sampling of the next chunk; ``0``: here, at once.
+    Workers start on the first mesh (a voxel evaluation starts none) and are spawned, never forked (CUDA)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def submit(self, pred: Any, true: Any) -> Future[dict[str, float]]:
+        if self.workers == 0:
+            done: Future[dict[str, float]] = Future()
+            done.set_result(score_mesh(pred, true))
+            return done
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool.submit(score_mesh, pred, true)
+
+    def close(self, cancel: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+            self._pool = None
+
+
+def _mesh_worker_count(value: int | None, device: str) -> int:
+    """Worker processes for mesh scores: ``value``, else none on a CPU (sampling holds its cores) and
+    ``min(8, cores // 2)`` beside a GPU."""
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"--mesh-workers {value!r}: must be an integer >= 0 (0 scores meshes in the main process)")
+        return value
+    return 0 if not device.startswith("cuda") else min(8, max(1, (os.cpu_count() or 2) // 2))
 
 
 class _Objects:
@@ -234,8 +273,9 @@ class _Objects:
 
 
 def _run_chunk(adapter: Any, objects: _Objects, chunk: Sequence[Job], params: Mapping[str, Any] | None,
-               max_batch: int | None, group: Any = None) -> list[dict[str, Any]]:
-    """Generate and score jobs that share (aggregator, number of views): one record each."""
+               max_batch: int | None, group: Any = None, meshes: _MeshPool | None = None) -> list[_Pending]:
+    """Generate and score jobs that share (aggregator, number of views): one record each, whose mesh scores
+    may still be computing in ``meshes``' workers (:meth:`_Pending.record` waits for them)."""
     info = traits(adapter)
     objs = objects.load([job.object_id for job in chunk])
     cameras = [[_camera(obj, v, info.named_cameras) for v in job.views] for obj, job in zip(objs, chunk)]
@@ -251,21 +291,51 @@ def _run_chunk(adapter: Any, objects: _Objects, chunk: Sequence[Job], params: Ma
         batch = score_voxels_batch(occ, col, [objects.truth(obj) for obj in objs], cameras)
         names = list(batch)
         table = torch.stack([batch[k].double() for k in names], 1).cpu().tolist()  # one copy for the whole chunk
-        per_job = [dict(zip(names, row)) for row in table]
+        per_job: list[tuple[Future[dict[str, float]] | None, dict[str, float]]] = [
+            (None, dict(zip(names, row))) for row in table]
     else:
         outputs = gen.output if isinstance(gen.output, list) else [gen.output]
-        per_job = [_mesh_and_view_scores(adapter, obj, job, out) for obj, job, out in zip(objs, chunk, outputs)]
+        pool = meshes or _MeshPool(0)
+        per_job = [_mesh_and_view_scores(adapter, obj, job, out, pool) for obj, job, out in zip(objs, chunk, outputs)]
     records = []
-    for job, scores in zip(chunk, per_job):
-        metrics = {k: (float(v) if v is not None and math.isfinite(float(v)) else None) for k, v in scores.items()}
-        records.append({
+    for job, (mesh, scores) in zip(chunk, per_job):
+        records.append(_Pending({
             "key": job.key, "object": job.object_id, "aggregator": job.aggregator, "views": list(job.views),
-            "seed_index": job.seed_index, "seed": job.seed, "metrics": metrics,
+            "seed_index": job.seed_index, "seed": job.seed, "metrics": {},
             "cost": {"model_forwards": gen.model_forwards, "latent_rows": gen.latent_rows},
             "timing": {"seconds": round(gen.seconds, 6), "batch": len(chunk),
                        **({"peak_memory_mib": round(gen.peak_memory_mib, 1)} if gen.peak_memory_mib is not None else {})},
-        })
+        }, mesh, scores))
     return records
+
+
+@dataclass
+class _Pending:
+    """A job's record, its mesh scores perhaps still computing elsewhere, and its other scores."""
+
+    fields: dict[str, Any]
+    mesh: Future[dict[str, float]] | None
+    scores: dict[str, float]
+
+    @property
+    def key(self) -> str:
+        return str(self.fields["key"])
+
+    def ready(self) -> bool:
+        return self.mesh is None or self.mesh.done()
+
+    def record(self) -> dict[str, Any]:
+        """The finished record (waits for the mesh scores): every score a float, or None where not finite."""
+        try:
+            mesh = self.mesh.result() if self.mesh is not None else {}
+        except BrokenProcessPool as exc:
+            raise TrellisMVError(
+                "a mesh-scoring worker process died before it answered. Spawned workers import the script that "
+                "called evaluate(): run it under `if __name__ == \"__main__\":` (not from stdin), or pass "
+                "mesh_workers=0 (--mesh-workers 0) to score meshes in this process") from exc
+        scores = {**mesh, **self.scores}
+        metrics = {k: (float(v) if v is not None and math.isfinite(float(v)) else None) for k, v in scores.items()}
+        return {**self.fields, "metrics": metrics}
 
 
 def _chunks(todo: Sequence[Job], batch: int) -> list[list[Job]]:
@@ -379,6 +449,7 @@ def evaluate(
     spread_views: bool = False,
     batch: int | None = None,
     wrong_view: str | None = None,
+    mesh_workers: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate aggregators on a data set; write results under ``out`` and, on rank 0, the tables.
 
@@ -405,6 +476,10 @@ def evaluate(
         number of views; default 256 on a GPU, 16 on a CPU). The results do not depend on it.
     :param wrong_view: replace this view of every object by the next object's (:class:`WrongView`):
         how an aggregator copes with one wrong photo.
+    :param mesh_workers: worker processes that compute mesh scores (folder data sets) while the
+        next chunk samples (default: none on a CPU, ``min(8, cores // 2)`` beside a GPU; 0: in
+        this process). The results do not depend on it. Workers are spawned: a script that
+        calls :func:`evaluate` with them needs the usual ``if __name__ == "__main__":`` guard.
     :returns: ``{"jobs": total, "ran": by this rank, "pending": left, "report": paths or None}``.
     """
     where = where or placement()
@@ -419,6 +494,7 @@ def evaluate(
         raise ValueError(f"--max-jobs {max_jobs}: must be >= 0")
     if device != "auto":
         check_device(device)
+    workers = _mesh_worker_count(mesh_workers, device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     model_name = model if adapter is None else traits(adapter).name
     ids = ds.object_ids()
     for oid in ids:  # a broken object is named before any model work
@@ -437,13 +513,13 @@ def evaluate(
     with write_lock(out) if where.world_size == 1 else contextlib.nullcontext():  # the ranks of one run share it
         return _evaluate(out, ds, config, ids, params=params, adapter=adapter, model=model, device=run_device,
                          where=where, max_jobs=max_jobs, progress=progress, report=report, wait_seconds=wait_seconds,
-                         spread_views=spread_views)
+                         spread_views=spread_views, workers=workers)
 
 
 def _evaluate(out: Path, ds: Dataset, config: dict[str, Any], ids: list[str], *,
               params: Mapping[str, Mapping[str, Any]] | None, adapter: Any, model: str, device: str,
               where: Placement, max_jobs: int | None, progress: bool, report: bool, wait_seconds: float | None,
-              spread_views: bool) -> dict[str, Any]:
+              spread_views: bool, workers: int = 0) -> dict[str, Any]:
     """:func:`evaluate` once its options are checked and ``out`` is claimed."""
     specs, counts, seeds = config["aggregators"], config["views"], config["seeds"]
     max_batch, size = config["max_batch"], config["batch"]
@@ -473,7 +549,7 @@ def _evaluate(out: Path, ds: Dataset, config: dict[str, Any], ids: list[str], *,
         if todo and max_jobs != 0:
             adapter = adapter if adapter is not None else _load_adapter(model, device)
             ran = _work(adapter, ds, todo, set(done), store, where, share, len(jobs), params, max_batch, progress, group,
-                        max_jobs)
+                        max_jobs, workers)
     left = len(pending(jobs, store.done()))
     result: dict[str, Any] = {"jobs": len(jobs), "ran": ran, "pending": left, "report": None}
     if where.rank != 0 or not report or max_jobs is not None:
@@ -536,34 +612,47 @@ def _views_group(spread_views: bool, where: Placement) -> Iterator[Any]:
 
 def _work(adapter: Any, ds: Dataset, chunks: list[list[Job]], done: set[str], store: ResultStore, where: Placement,
           share: int, total: int, params: Mapping[str, Any] | None, max_batch: int | None, progress: bool,
-          group: Any = None, max_jobs: int | None = None) -> int:
+          group: Any = None, max_jobs: int | None = None, workers: int = 0) -> int:
     """Run whole chunks (a chunk's jobs already done are computed along, for the same rounding, but not written);
-    stop after ``max_jobs`` new results. Returns how many were written."""
+    stop after ``max_jobs`` new results. Mesh scores run in ``workers`` processes while the next chunk samples;
+    records are written in chunk order as their scores arrive. Returns how many were written."""
     from tqdm.auto import tqdm
 
     left = sum(1 for c in chunks for j in c if j.key not in done)
     bar = tqdm(total=share, initial=share - left, desc=f"rank {where.rank}", position=where.rank,
                disable=not progress, dynamic_ncols=True, leave=where.rank == 0)
-    written = 0
+    written = queued = 0
     start, done_at_start, last_peek = time.perf_counter(), store.count(), 0.0
     dev = _device_of(adapter)
     objects = _Objects(ds, dev)
     device_name = (torch.cuda.get_device_name(dev) if dev is not None and dev.type == "cuda"
                    else f"cpu, {torch.get_num_threads()} threads")
+    meshes = _MeshPool(workers)
+    waiting: deque[_Pending] = deque()
+
+    def write(until_ready: bool) -> None:  # the finished records, in order; all of them unless until_ready
+        nonlocal written
+        while waiting and (not until_ready or waiting[0].ready() or len(waiting) > 2 * max(len(c) for c in chunks)):
+            record = waiting.popleft().record()
+            record["finished_at"] = round(time.time(), 3)  # for throughput; not part of any table
+            record["device"] = device_name
+            if group is None or where.rank == 0:  # views spread over the ranks: every rank holds the same result
+                store.append(where.rank, record)
+            written += 1
+            bar.update(1)
+
+    failed = True
     try:
         for k, chunk in enumerate(chunks):
-            if max_jobs is not None and written >= max_jobs:
+            if max_jobs is not None and queued >= max_jobs:
                 break
             objects.keep({j.object_id for c in chunks[k:] for j in c})
-            for record in _run_chunk(adapter, objects, chunk, params, max_batch, group):
-                if record["key"] in done or (max_jobs is not None and written >= max_jobs):
+            for pending_record in _run_chunk(adapter, objects, chunk, params, max_batch, group, meshes):
+                if pending_record.key in done or (max_jobs is not None and queued >= max_jobs):
                     continue
-                record["finished_at"] = round(time.time(), 3)  # for throughput; not part of any table
-                record["device"] = device_name
-                if group is None or where.rank == 0:  # views spread over the ranks: every rank holds the same result
-                    store.append(where.rank, record)
-                written += 1
-                bar.update(1)
+                waiting.append(pending_record)
+                queued += 1
+            write(until_ready=True)
             now = time.perf_counter()
             if where.rank == 0 and where.world_size > 1 and progress and (now - last_peek > 5 or k == len(chunks) - 1):
                 last_peek = now
@@ -571,7 +660,10 @@ def _work(adapter: Any, ds: Dataset, chunks: list[list[Job]], done: set[str], st
                 rate = (finished - done_at_start) / max(now - start, 1e-9)
                 eta = (total - finished) / rate if rate > 0 else math.inf
                 bar.set_postfix_str(f"all ranks {finished}/{total}, ETA {_hms(eta)}")
+        write(until_ready=False)
+        failed = False
     finally:
+        meshes.close(cancel=failed)
         bar.close()
     return written
 

@@ -74,6 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         seeds=args.seeds, first_object=args.first_object, objects=args.objects, params=_stage_params(args),
         max_batch=args.max_batch, device=args.device, max_jobs=args.max_jobs, progress=not args.quiet,
         report=not args.no_report, spread_views=args.spread_views, batch=args.batch, wrong_view=args.wrong_view,
+        mesh_workers=args.mesh_workers,
     )
     from trellis_mv.eval._jobs import placement
     from trellis_mv.eval._report import DEFAULT_MIN_EFFECT, write_report
@@ -122,6 +123,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None,
                    help="objects generated together in one sampler run (default: 256 on a GPU, 16 on a CPU); "
                         "the results do not depend on it")
+    p.add_argument("--mesh-workers", type=int, default=None, metavar="N",
+                   help="processes computing mesh scores (folder data sets) while the next objects sample "
+                        "(default: 0 on a CPU, min(8, cores/2) beside a GPU); the results do not depend on it")
     p.add_argument("--wrong-view", default=None, metavar="VIEW",
                    help="replace this view of every object by the next object's (one wrong photo among right ones)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per object and aggregator (default 1)")
