@@ -69,6 +69,17 @@ def test_folder_dataset_through_the_harness_has_mesh_and_held_out_view_scores(fo
     assert {"chamfer", "fscore@0.02", "fscore@0.05", "voxel_iou", "given_psnr", "heldout_psnr"} <= metrics
 
 
+def test_every_job_of_a_chunk_of_folder_objects_is_scored(folder, tmp_path):
+    # several objects a chunk: each gets its own result and its own scores (none dropped, none shared)
+    res = evaluate(out=tmp_path / "run", dataset=FolderDataset(folder), views=[1, 4], progress=False, report=False,
+                   params={"sparse_structure": {"steps": 1}, "texture": {"steps": 1}}, batch=2, mesh_workers=0)
+    assert res["jobs"] == res["ran"] == 2 * (2 + 4) and res["pending"] == 0
+    recs = [json.loads(line) for line in (tmp_path / "run" / "results" / "rank-0000.jsonl").open()]
+    by_object = {o: [r["metrics"]["chamfer"] for r in recs if r["object"] == o] for o in {r["object"] for r in recs}}
+    assert len(by_object) == 2 and all(len(v) == 6 for v in by_object.values())
+    assert set(by_object["proxy-1000000007"]).isdisjoint(by_object["proxy-1000000008"])
+
+
 def test_a_range_of_folder_objects(folder):
     assert FolderDataset(folder, first_object=1).object_ids() == ["proxy-1000000008"]
     with pytest.raises(ValueError, match="past the 2 objects"):

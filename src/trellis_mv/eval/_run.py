@@ -89,13 +89,16 @@ def _stage_spec(spec: str) -> tuple[str, dict[str, str] | None]:
 
 def _generate(adapter: Any, image_sets: Sequence[Sequence[Any]], spec: str, seeds: Sequence[int], *,
               params: Mapping[str, Any] | None = None, max_batch: int | None = None,
-              cameras: Sequence[Sequence[Any] | None] | None = None, group: Any = None) -> Generation:
+              cameras: Sequence[Sequence[Any] | None] | None = None, group: Any = None, together: bool = True
+              ) -> Generation:
     """One generation of every object of a chunk through the run path, with its cost.
 
-    With the adapter's ``sample_many`` (and no process group), the chunk is one sampler run per
-    stage (:func:`trellis_mv.run.run_many`); otherwise one :func:`trellis_mv.run_multi_image` per
-    object, its outputs kept in a list. ``model_forwards`` is what one object's generation needs
-    (every forward of a batch holds every object); ``latent_rows`` and ``seconds`` are per object.
+    With ``together``, the adapter's ``sample_many`` and no process group, the chunk is one sampler
+    run per stage (:func:`trellis_mv.run.run_many`: one output holding every object, which only
+    ``to_voxels`` reads per object); otherwise one :func:`trellis_mv.run_multi_image` per object, its
+    outputs kept in a list (``to_mesh`` and ``render`` read an output's first sample). ``model_forwards``
+    is what one object's generation needs (every forward of a batch holds every object); ``latent_rows``
+    and ``seconds`` are per object.
     """
     from trellis_mv.run import run_many, run_multi_image, traits
 
@@ -110,7 +113,7 @@ def _generate(adapter: Any, image_sets: Sequence[Sequence[Any]], spec: str, seed
         warnings.simplefilter("ignore")
         # views go in as a user's images would (an adapter may accept tensors too, but every model takes images)
         images = [[_as_image(im) for im in views] for views in image_sets]
-        if traits(adapter).sample_many is not None and group is None:
+        if together and traits(adapter).sample_many is not None and group is None:
             run = run_many(adapter, images, seeds=seeds, mode=mode, stages=stages, params=dict(params or {}),
                            cameras=cameras, max_batch=max_batch)
             output, forwards, rows = run.output, run.cost()["model_forwards"], run.cost()["latent_rows"]
@@ -279,10 +282,11 @@ def _run_chunk(adapter: Any, objects: _Objects, chunk: Sequence[Job], params: Ma
     info = traits(adapter)
     objs = objects.load([job.object_id for job in chunk])
     cameras = [[_camera(obj, v, info.named_cameras) for v in job.views] for obj, job in zip(objs, chunk)]
+    voxel = info.to_voxels is not None and all(obj.shape is not None for obj in objs)
     gen = _generate(adapter, [[objects.image(obj, v) for v in job.views] for obj, job in zip(objs, chunk)],
                     chunk[0].aggregator, [job.seed for job in chunk], params=params, max_batch=max_batch,
-                    cameras=[c if any(x is not None for x in c) else None for c in cameras], group=group)
-    voxel = info.to_voxels is not None and all(obj.shape is not None for obj in objs)
+                    cameras=[c if any(x is not None for x in c) else None for c in cameras], group=group,
+                    together=voxel)
     if voxel:
         if isinstance(gen.output, list):
             occ, col = (torch.cat(parts) for parts in zip(*(info.to_voxels(o) for o in gen.output)))
