@@ -48,19 +48,29 @@ for title, views in runs.items():
     print(f"{title:<22} IoU {sum(scores) / 2:.3f}  Chamfer {sum(dist) / 2:.3f} voxels  forwards {forwards}")
 
 # %%
-# Top row: the inputs, and the ground truth seen from ``az45el30``. Bottom row: the first
-# sample of each run, seen from ``az45el30`` too, with its IoU.
-fig, axes = plt.subplots(2, 5, figsize=(10, 4.6))
-for ax, view, image in zip(axes[0], VIEWS, images):
-    ax.imshow(image.permute(1, 2, 0).numpy())
-    ax.set_title(f"input: {view}", fontsize=9)
-axes[0, 4].imshow(picture(shape.occupancy, shape.colors))
-axes[0, 4].set_title(f"ground truth ({UNSEEN})", fontsize=9)
-for ax, (title, result) in zip(axes[1], results.items()):
-    ax.imshow(picture(result.occupancy[0], result.colors[0]))
-    ax.set_title(f"{title}\nIoU {iou(result.occupancy[0], shape.occupancy):.2f}", fontsize=9)
+# Side by side, each column from one direction (the four input views, then ``az45el30``,
+# which no input shows): the inputs, the first sample from the front view alone, the first
+# sample from all four views, and the ground truth.
+rows = {
+    "front view alone": results["front alone"],
+    "all 4 views": results["all 4, multidiffusion"],
+}
+columns = [*VIEWS, UNSEEN]
+fig, axes = plt.subplots(2 + len(rows), len(columns), figsize=(10, 8.4))
+for j, view in enumerate(columns):
+    axes[0, j].imshow(images[j].permute(1, 2, 0).numpy() if j < len(VIEWS) else 0 * picture(shape.occupancy, shape.colors))
+    axes[0, j].set_title(f"input: {view}" if j < len(VIEWS) else f"{view}: no input", fontsize=9)
+    for i, result in enumerate(rows.values(), start=1):
+        axes[i, j].imshow(picture(result.occupancy[0], result.colors[0], view))
+    axes[-1, j].imshow(picture(shape.occupancy, shape.colors, view))
+for i, (title, result) in enumerate(rows.items(), start=1):
+    axes[i, 0].set_title(f"{title}: IoU {iou(result.occupancy[0], shape.occupancy):.2f}", fontsize=9, loc="left")
+axes[-1, 0].set_title("ground truth", fontsize=9, loc="left")
 for ax in axes.flat:
-    ax.axis("off")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
 fig.tight_layout()
 
 # %%
