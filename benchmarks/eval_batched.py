@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from _results import emit
 
 
 def _records(out: Path) -> dict[str, dict]:
@@ -127,11 +128,7 @@ def main() -> None:
              f"{res['batched_over_forward_only']:.2f}; largest score difference between the paths: {diff:.2e}.", "",
              f"Command: `python benchmarks/eval_batched.py --device {args.device} --objects {args.objects} --views "
              f"{' '.join(map(str, args.views))} --batch {args.batch} --per-job-limit {args.per_job_limit}`"]
-    print("\n".join(lines))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
+    emit(lines, res, args.out)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from _results import emit
 
 
 def _timed(folder: Path, out: Path, args: argparse.Namespace, workers: int) -> tuple[float, list]:
@@ -72,11 +73,7 @@ def main() -> None:
              f"difference: {diff:.3g}.", "",
              f"Command: `python benchmarks/eval_mesh_workers.py --device {args.device} --objects {args.objects} "
              f"--views {' '.join(map(str, args.views))} --steps {args.steps} --batch {args.batch} --workers {args.workers}`"]
-    print("\n".join(lines))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
+    emit(lines, res, args.out)
 
 
 if __name__ == "__main__":

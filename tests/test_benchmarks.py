@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py"))
+SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))
 #: script -> its smallest configuration (OUT is replaced by a fresh folder)
 SMALLEST = {
     "eval_batched.py": ["--device", "cpu", "--objects", "2", "--views", "1", "--steps", "2", "--batch", "4",
