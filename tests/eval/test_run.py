@@ -110,6 +110,7 @@ def test_interrupted_run_resumed_gives_the_same_tables(plain, tmp_path, monkeypa
         (["--dataset", "folder:/no/such/folder"], "does not exist"),
         (["--objects", "0"], "--objects >= 1"),
         (["--steps", "shape=3"], "unknown stage 'shape'"),
+        (["--mesh-workers", "-1"], "--mesh-workers -1: must be an integer >= 0"),
     ],
 )
 def test_bad_arguments_fail_before_any_model_work(tmp_path, capsys, monkeypatch, extra, message):

@@ -498,7 +498,6 @@ def evaluate(
         raise ValueError(f"--max-jobs {max_jobs}: must be >= 0")
     if device != "auto":
         check_device(device)
-    workers = _mesh_worker_count(mesh_workers, device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     model_name = model if adapter is None else traits(adapter).name
     ids = ds.object_ids()
     for oid in ids:  # a broken object is named before any model work
@@ -506,8 +505,9 @@ def evaluate(
     fingerprint = getattr(ds, "fingerprint", None)
     from trellis_mv._outputs import claim_folder, write_lock
 
-    out = claim_folder(out, kind="eval", files=OUTPUT_FILES, inputs=[r for r in [getattr(ds, "root", None)] if r])
     run_device = str(traits(adapter).device) if adapter is not None else _pick_device(device, where)
+    workers = _mesh_worker_count(mesh_workers, run_device)
+    out = claim_folder(out, kind="eval", files=OUTPUT_FILES, inputs=[r for r in [getattr(ds, "root", None)] if r])
     # the chunks decide the float rounding of every result (a batch's forwards are one matrix product), so they
     # are part of the configuration: a resume, any number of ranks, any order give the same chunks
     config = {"model": model_name, "dataset": ds.describe(), "views": counts, "aggregators": specs, "seeds": seeds,
@@ -633,10 +633,11 @@ def _work(adapter: Any, ds: Dataset, chunks: list[list[Job]], done: set[str], st
                    else f"cpu, {torch.get_num_threads()} threads")
     meshes = _MeshPool(workers)
     waiting: deque[_Pending] = deque()
+    most_waiting = 2 * max(len(c) for c in chunks)  # then wait for the oldest: at most two chunks' records held
 
     def write(until_ready: bool) -> None:  # the finished records, in order; all of them unless until_ready
         nonlocal written
-        while waiting and (not until_ready or waiting[0].ready() or len(waiting) > 2 * max(len(c) for c in chunks)):
+        while waiting and (not until_ready or waiting[0].ready() or len(waiting) > most_waiting):
             record = waiting.popleft().record()
             record["finished_at"] = round(time.time(), 3)  # for throughput; not part of any table
             record["device"] = device_name
