@@ -114,7 +114,7 @@ def test_a_compact_state_resumes_to_float_tolerance(tmp_path):
     state = tmp_path / "state"
     train(**_kw(tmp_path), state=state, stop_at=3)
     _, tensors = load_state(state)
-    assert tensors["model.encoder.pos"].dtype == torch.float32
+    assert tensors["model.encoder.pos"].dtype == torch.float16
     assert tensors["ema.encoder.pos"].dtype == torch.float16
     assert tensors["exp_avg.encoder.pos"].dtype == torch.bfloat16
     rest = train(**_kw(tmp_path), state=state)
@@ -137,10 +137,10 @@ def test_the_default_networks_state_fits_the_transfer_limits(tmp_path):
     fast(1, 1e-3)  # creates the moments
     meta = save_state(tmp_path / "s", fast.tensors(), {"step": 1})
     files = list((tmp_path / "s").glob("shard-*.safetensors"))
-    assert len(files) == len(meta["shards"]) >= 4
+    assert len(files) == len(meta["shards"]) >= 3
     assert all(f.stat().st_size <= 16 * 2**20 for f in files)
     total = sum(f.stat().st_size for f in (tmp_path / "s").iterdir())
-    assert 50e6 < total <= MAX_TOTAL  # 23 MB of float32 weights and three 11.5 MB halves
+    assert 44e6 < total <= 48e6 < MAX_TOTAL  # four 11.5 MB halves: with a 17 MB checkout within 64 MiB
     with pytest.raises(ValueError, match="MiB"):  # float32 everything does not fit
         save_state(tmp_path / "x", fast.tensors(exact=True), {"step": 1})
 

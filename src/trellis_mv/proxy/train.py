@@ -403,13 +403,19 @@ class FastStep:
 
     # ---- the resumable state
     def tensors(self, exact: bool = False) -> dict[str, torch.Tensor]:
-        """Weights (float32), EMA (float16, or float32 with ``exact``) and AdamW moments (bfloat16, or float32)."""
+        """Weights and EMA (float16, or float32 with ``exact``) and AdamW moments (bfloat16, or float32).
+
+        Compact, the default networks' state is 46 MB, small enough to travel with a checkout
+        (17 MB) in 64 MiB, which float32 weights (57.6 MB) are not. A float16 weight is within
+        2^-11 of its float32 value (relative), well under one step's update at the run's learning rates.
+        """
         ema_dtype = torch.float32 if exact else torch.float16
+        model_dtype = torch.float32 if exact else torch.float16
         mom_dtype = torch.float32 if exact else torch.bfloat16
         out: dict[str, torch.Tensor] = {}
         names = [n for n, _ in self.models.named_parameters()]
         for n, p, pe in zip(names, self.params, self.ema_params):
-            out[f"model.{n}"] = p.detach().float()
+            out[f"model.{n}"] = p.detach().to(model_dtype)
             out[f"ema.{n}"] = pe.detach().to(ema_dtype)
             st = self.opt.state.get(p, {})
             if "exp_avg" in st:
