@@ -225,14 +225,15 @@ class _MeshPool:
             self._pool = None
 
 
-def _mesh_worker_count(value: int | None, device: str) -> int:
-    """Worker processes for mesh scores: ``value``, else none on a CPU (sampling holds its cores) and
-    ``min(8, cores // 2)`` beside a GPU."""
+def _mesh_worker_count(value: int | None) -> int:
+    """Worker processes for mesh scores: ``value``, else none. Measured on one H200 with 16 cores, 8 workers
+    ran a small folder evaluation at 0.83x the main process's rate (``benchmarks/results/eval_mesh_workers_H200.md``):
+    the pool is there to be asked for, not the default."""
     if value is not None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"--mesh-workers {value!r}: must be an integer >= 0 (0 scores meshes in the main process)")
         return value
-    return 0 if not device.startswith("cuda") else min(8, max(1, (os.cpu_count() or 2) // 2))
+    return 0
 
 
 class _Objects:
@@ -481,8 +482,8 @@ def evaluate(
     :param wrong_view: replace this view of every object by the next object's (:class:`WrongView`):
         how an aggregator copes with one wrong photo.
     :param mesh_workers: worker processes that compute mesh scores (folder data sets) while the
-        next chunk samples (default: none on a CPU, ``min(8, cores // 2)`` beside a GPU; 0: in
-        this process). The results do not depend on it. Workers are spawned: a script that
+        next chunk samples (default 0: in this process, which measured faster than a pool so
+        far). The results do not depend on it. Workers are spawned: a script that
         calls :func:`evaluate` with them needs the usual ``if __name__ == "__main__":`` guard.
     :returns: ``{"jobs": total, "ran": by this rank, "pending": left, "report": paths or None}``.
     """
@@ -506,7 +507,7 @@ def evaluate(
     from trellis_mv._outputs import claim_folder, write_lock
 
     run_device = str(traits(adapter).device) if adapter is not None else _pick_device(device, where)
-    workers = _mesh_worker_count(mesh_workers, run_device)
+    workers = _mesh_worker_count(mesh_workers)
     out = claim_folder(out, kind="eval", files=OUTPUT_FILES, inputs=[r for r in [getattr(ds, "root", None)] if r])
     # the chunks decide the float rounding of every result (a batch's forwards are one matrix product), so they
     # are part of the configuration: a resume, any number of ranks, any order give the same chunks

@@ -125,7 +125,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
                         "the results do not depend on it")
     p.add_argument("--mesh-workers", type=int, default=None, metavar="N",
                    help="processes computing mesh scores (folder data sets) while the next objects sample "
-                        "(default: 0 on a CPU, min(8, cores/2) beside a GPU); the results do not depend on it")
+                        "(default 0: in this process, which measured faster so far); the results do not depend on it")
     p.add_argument("--wrong-view", default=None, metavar="VIEW",
                    help="replace this view of every object by the next object's (one wrong photo among right ones)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per object and aggregator (default 1)")
