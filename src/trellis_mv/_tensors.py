@@ -8,6 +8,7 @@ Sparse models keep the row order of their input (the Euler update is element-wis
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -39,15 +40,45 @@ def with_feats(like: Latent, values: torch.Tensor) -> Latent:
     return like.replace(values) if is_sparse(like) else values
 
 
+#: (id, version of the coordinates, n, batch) -> (the coordinates, weakly; their repeat; its version)
+_REPEATED: dict[tuple[int, int, int, int], tuple[weakref.ref[torch.Tensor], torch.Tensor, int]] = {}
+
+
+def _repeated_coords(coords: torch.Tensor, n: int, b: int) -> torch.Tensor:
+    """``n`` copies of sparse ``coords`` with batch indices offset by ``b``; the same tensor for the same input.
+
+    A sampler keeps its voxels through a stage, so every step repeats the same coordinates:
+    returning the same tensor lets a model key a cache on it (the proxy's texture flow builds its
+    cell layout, a host sync, once a stage instead of once a step). An entry is dropped when its
+    coordinates are freed, and is not used when either tensor was changed in place.
+    """
+    key = (id(coords), coords._version, n, b)
+    hit = _REPEATED.get(key)
+    if hit is not None and hit[0]() is coords and hit[1]._version == hit[2]:
+        return hit[1]
+    out = coords.repeat(n, 1)
+    out[:, 0] += torch.arange(n, device=coords.device, dtype=coords.dtype).repeat_interleave(coords.shape[0]) * b
+    if len(_REPEATED) >= 16:  # the stages alive at once are few (entries also go with their coordinates)
+        _REPEATED.clear()
+
+    def forget(_: weakref.ref[torch.Tensor]) -> None:
+        _REPEATED.pop(key, None)
+
+    _REPEATED[key] = (weakref.ref(coords, forget), out, out._version)
+    return out
+
+
 def repeat_batch(x: Latent, n: int) -> Latent:
-    """``n`` copies of ``x`` concatenated along the batch: copy ``k`` holds items ``k*B .. k*B+B-1``."""
+    """``n`` copies of ``x`` concatenated along the batch: copy ``k`` holds items ``k*B .. k*B+B-1``.
+
+    For a sparse ``x``, repeating the same coordinates again returns the same coordinate tensor
+    (:func:`_repeated_coords`), so that what a model derives from them can be kept through a stage.
+    """
     if n == 1:
         return x
     if is_sparse(x):
         b = batch_size(x)
-        coords = x.coords.repeat(n, 1)
-        offsets = torch.arange(n, device=coords.device, dtype=coords.dtype).repeat_interleave(x.coords.shape[0]) * b
-        coords[:, 0] += offsets
+        coords = _repeated_coords(x.coords, n, b)
         values = x.feats.repeat(n, *([1] * (x.feats.ndim - 1)))
         # give the batch size explicitly: a sample without voxels must not shrink the batch
         return type(x)(feats=values, coords=coords, shape=torch.Size([n * b, *x.shape[1:]]))

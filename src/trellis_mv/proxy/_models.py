@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -220,35 +221,52 @@ class TextureFlow(nn.Module):
         self.out = nn.Linear(w, 3)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self._cached_layout: tuple[tuple[int, int, int], weakref.ref[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
+
+    def _layout(self, coords: torch.Tensor, b: int) -> tuple[torch.Tensor, ...]:
+        """The cells of ``coords`` and where each sits in the padded token batch; kept for the same coordinates.
+
+        Building it syncs with the device (the number of cells and the longest item decide the
+        shapes); a sampler keeps its voxels through the texture stage (and
+        :func:`trellis_mv._tensors.repeat_batch` returns the same repeated coordinates), so the
+        layout is built once a stage, not once a step. Coordinates changed in place are built again.
+        """
+        key = (id(coords), coords._version, b)
+        cached = self._cached_layout
+        if cached is not None and cached[0] == key and cached[1]() is coords:
+            return cached[2]
+        c = coords.long()
+        xyz = c[:, 1:]
+        sub = (xyz % 2 * torch.tensor([4, 2, 1], device=c.device)).sum(1)
+        cell_id = (xyz // 2 * torch.tensor([self.cells**2, self.cells, 1], device=c.device)).sum(1)
+        key_cell = c[:, 0] * self.cells**3 + cell_id
+        uniq, inv = torch.unique(key_cell, return_inverse=True)
+        k = uniq.shape[0]
+        cb = uniq // self.cells**3  # batch item of each cell (cells sorted by batch)
+        per = torch.bincount(cb, minlength=b)
+        start = torch.cumsum(per, 0) - per
+        slot = torch.arange(k, device=c.device) - start[cb]
+        n = max(int(per.max().item()) if k else 1, 1)
+        valid = torch.zeros(b, n, dtype=torch.bool, device=c.device)
+        valid[cb, slot] = True
+        valid[:, 0] = True  # an empty item still attends somewhere (its output is unused)
+        layout = (sub, uniq, inv, cb, slot, valid)
+        self._cached_layout = (key, weakref.ref(coords), layout)
+        return layout
 
     def forward(self, x: SparseTensor, t: torch.Tensor, cond: torch.Tensor, **_: object) -> SparseTensor:
-        coords = x.coords.long()
         b = x.shape[0]
-        xyz = coords[:, 1:]
-        cell = xyz // 2
-        sub = (xyz % 2 * torch.tensor([4, 2, 1], device=coords.device)).sum(1)
-        cell_id = (cell * torch.tensor([self.cells**2, self.cells, 1], device=coords.device)).sum(1)
+        sub, uniq, inv, cb, slot, valid = self._layout(x.coords, b)
         h_vox = self.inp(x.feats.to(self.inp.weight.dtype)) + self.sub(sub)
-        key = coords[:, 0] * self.cells**3 + cell_id
-        uniq, inv = torch.unique(key, return_inverse=True)
         k = uniq.shape[0]
         pooled = torch.zeros(k, h_vox.shape[1], device=h_vox.device, dtype=h_vox.dtype).index_add_(0, inv, h_vox)
         count = torch.zeros(k, device=h_vox.device, dtype=h_vox.dtype).index_add_(
             0, inv, torch.ones_like(inv, dtype=h_vox.dtype)
         )
         tok = self.cell_in(pooled / count[:, None]) + self.pos(uniq % self.cells**3)
-        cb = uniq // self.cells**3  # batch item of each cell (cells sorted by batch)
-        per = torch.bincount(cb, minlength=b)
-        start = torch.cumsum(per, 0) - per
-        slot = torch.arange(k, device=tok.device) - start[cb]
-        n = max(int(per.max().item()) if k else 1, 1)
-        padded = torch.zeros(b, n, tok.shape[1], device=tok.device, dtype=tok.dtype)
+        padded = torch.zeros(b, valid.shape[1], tok.shape[1], device=tok.device, dtype=tok.dtype)
         padded[cb, slot] = tok
-        valid = torch.zeros(b, n, dtype=torch.bool, device=tok.device)
-        valid[cb, slot] = True
-        valid[:, 0] = True  # an empty item still attends somewhere (its output is unused)
-        mask = valid[:, None, None, :]
-        h = self.trunk(padded, t, cond, mask)
+        h = self.trunk(padded, t, cond, valid[:, None, None, :])
         per_vox = h[cb[inv], slot[inv]] + self.skip(h_vox)
         return x.replace(self.out(self.head(per_vox)).to(x.feats.dtype))
 
