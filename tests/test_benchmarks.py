@@ -21,8 +21,8 @@ SMALLEST = {
     "overhead.py": ["--steps", "2", "--repeats", "1"],
     "paired_runs.py": ["benchmarks/results/proxy_table_H200", "benchmarks/results/proxy_table_H200", "--views", "1"],
     "proxy_capacity.py": ["--objects", "2", "--steps", "1"],
-    "proxy_fidelity.py": ["--objects", "2", "--seeds", "1", "--steps", "2", "--reference-samples", "0", "--device",
-                          "cpu", "--out", "OUT"],
+    "proxy_fidelity.py": ["--objects", "2", "--seeds", "1", "--steps", "2", "--reference-samples", "1", "--workers", "2",
+                          "--device", "cpu", "--out", "OUT"],
     "quality.py": ["--objects", "2", "--seeds", "1", "--views", "1", "--aggregators", "multidiffusion", "--device", "cpu",
                    "--out", "OUT"],
     "spatial_quality.py": ["--objects", "2", "--seeds", "1", "--steps", "2", "--device", "cpu", "--out", "OUT"],
@@ -31,6 +31,7 @@ SMALLEST = {
 #: script -> what its smallest configuration must print (a check that can fail, beyond running)
 EXPECT = {
     "eval_mesh_workers.py": "the same jobs: True; largest score difference: 0.",  # the pool changes no score
+    "proxy_fidelity.py": "IoU reference points: random other shape 0.",  # drawn in worker processes
     "paired_runs.py": "| 1 | iou | 0.8222 | 0.8222 | +0.0000 [+0.0000, +0.0000] | ",  # a run against itself
     "proxy_capacity.py": "| ceiling: the truth's own latents, decoded | 1.000 (",  # the scores' own ceiling is 1
 }
