@@ -409,14 +409,13 @@ class FastStep:
         (17 MB) in 64 MiB, which float32 weights (57.6 MB) are not. A float16 weight is within
         2^-11 of its float32 value (relative), well under one step's update at the run's learning rates.
         """
-        ema_dtype = torch.float32 if exact else torch.float16
-        model_dtype = torch.float32 if exact else torch.float16
+        half = torch.float32 if exact else torch.float16  # the weights and the EMA
         mom_dtype = torch.float32 if exact else torch.bfloat16
         out: dict[str, torch.Tensor] = {}
         names = [n for n, _ in self.models.named_parameters()]
         for n, p, pe in zip(names, self.params, self.ema_params):
-            out[f"model.{n}"] = p.detach().to(model_dtype)
-            out[f"ema.{n}"] = pe.detach().to(ema_dtype)
+            out[f"model.{n}"] = p.detach().to(half)
+            out[f"ema.{n}"] = pe.detach().to(half)
             st = self.opt.state.get(p, {})
             if "exp_avg" in st:
                 out[f"exp_avg.{n}"] = st["exp_avg"].to(mom_dtype)
