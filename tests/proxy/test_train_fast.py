@@ -23,10 +23,15 @@ def _shapes(n: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(occ), torch.from_numpy(col)
 
 
-def test_the_packed_texture_stage_gives_the_sparse_models_velocities():
+@pytest.mark.parametrize("voxel_blocks", [0, 2])
+def test_the_packed_texture_stage_gives_the_sparse_models_velocities(voxel_blocks):
     torch.manual_seed(0)
-    models = ProxyModels(ProxyConfig(width=32, heads=2, encoder_layers=1, structure_blocks=1, texture_blocks=2, patch=8))
+    models = ProxyModels(ProxyConfig(width=32, heads=2, encoder_layers=1, structure_blocks=1, texture_blocks=2, patch=8,
+                                     voxel_blocks=voxel_blocks))
     torch.nn.init.normal_(models.texture.out.weight, std=0.5)  # zero at init: make the output say something
+    for block in models.texture.voxel:  # so are the voxel blocks' outputs
+        torch.nn.init.normal_(block.cross.out.weight, std=0.5)
+        torch.nn.init.normal_(block.mlp[2].weight, std=0.5)
     occ, _ = _shapes(3, 40)
     occ[2] = False  # an empty item in the batch
     cells = max_cells(occ)
@@ -177,3 +182,34 @@ def test_the_command_line_writes_the_weights_the_state_and_the_log(tmp_path):
     assert summary["steps"] == 2 and [r["step"] for r in summary["log"]] == [1, 2]
     assert load_models(tmp_path / "w.safetensors").cfg == ProxyConfig()
     assert load_state(tmp_path / "state")[0]["step"] == 2
+
+
+def test_added_voxel_blocks_start_at_identity_and_then_learn(tmp_path):
+    from trellis_mv.proxy._models import extend_models, load_models, save_models
+    from trellis_mv.proxy.train import main
+
+    torch.manual_seed(0)
+    base = ProxyModels(TINY)
+    torch.nn.init.normal_(base.texture.out.weight, std=0.5)
+    big = extend_models(base, ProxyConfig(**{**TINY.__dict__, "voxel_blocks": 1}))
+    occ, _ = _shapes(2, 7)
+    coords = occ.nonzero().int()
+    x = SparseTensor(torch.randn(len(coords), 3), coords, 2)
+    t, cond = torch.tensor([200.0, 800.0]), torch.randn(2, 64, 16)
+    torch.testing.assert_close(big.texture(x, t, cond).feats, base.texture(x, t, cond).feats)
+    assert {k for k in big.state_dict() if k not in base.state_dict()} == {
+        k for k in big.state_dict() if k.startswith("texture.voxel.0.")}
+    with pytest.raises(ValueError, match="only voxel_blocks may grow"):
+        extend_models(base, ProxyConfig(**{**TINY.__dict__, "width": 32}))
+    with pytest.raises(ValueError, match="fewer"):
+        extend_models(big, TINY)
+
+    # the command line adds them to --init weights, and training moves them off zero
+    save_models(base, tmp_path / "base.safetensors")
+    args = ["--steps", "3", "--batch", "2", "--shapes", "2", "--bank-views", "1", "--workers", "1", "--log-every", "1",
+            "--device", "cpu", "--init", str(tmp_path / "base.safetensors"), "--voxel-blocks", "1",
+            "--out", str(tmp_path / "w.safetensors")]
+    assert main(args) == 0
+    trained = load_models(tmp_path / "w.safetensors")
+    assert trained.cfg == ProxyConfig(**{**TINY.__dict__, "voxel_blocks": 1})
+    assert float(trained.texture.voxel[0].mlp[2].weight.abs().sum()) > 0

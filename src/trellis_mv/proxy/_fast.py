@@ -107,6 +107,12 @@ class PackedTexture(nn.Module):
         valid[:, 0] |= ~slots.any(1)  # an empty item still attends somewhere (its output is unused)
         h = f.trunk(tok, t, cond, valid[:, None, None, :])
         per_vox = h[:, :, None] + f.skip(h_vox)
+        if len(f.voxel):
+            b, n, _, w = per_vox.shape
+            grid = per_vox.reshape(b, n * 8, w)
+            for block in f.voxel:
+                grid = block(grid, cond)
+            per_vox = grid.reshape(b, n, 8, w)
         return f.out(f.head(per_vox))
 
 

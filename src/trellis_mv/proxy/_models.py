@@ -42,6 +42,7 @@ __all__ = [
     "TextureFlow",
     "decode_structure",
     "encode_structure",
+    "extend_models",
     "load_models",
     "save_models",
 ]
@@ -60,6 +61,7 @@ class ProxyConfig:
     texture_blocks: int = 4
     grid: int = 16
     structure_patch: int = 1
+    voxel_blocks: int = 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -131,6 +133,29 @@ class _Block(nn.Module):
         x = x + (1 + g1) * self.attn(h, h, mask)
         x = x + self.cross(self.norm2(x), cond)
         return x + (1 + g2) * self.mlp(self.norm3(x) * (1 + s2) + b2)
+
+
+class _VoxelBlock(nn.Module):
+    """One voxel's own look at the image: cross-attention from each voxel to the image tokens, then an MLP.
+
+    Its two output projections start at zero, so a block added to trained weights leaves their
+    velocities unchanged until it is trained.
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.cross = _Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        last = nn.Linear(2 * width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(approximate="tanh"), last)
+        for lin in (self.cross.out, last):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        x = x + self.cross(self.norm1(x), cond.to(x.dtype))
+        return x + self.mlp(self.norm2(x))
 
 
 class _Trunk(nn.Module):
@@ -217,6 +242,7 @@ class TextureFlow(nn.Module):
         self.cell_in = nn.Linear(w, w)
         self.trunk = _Trunk(w, cfg.heads, cfg.texture_blocks)
         self.skip = nn.Linear(w, w)
+        self.voxel = nn.ModuleList(_VoxelBlock(w, cfg.heads) for _ in range(cfg.voxel_blocks))
         self.head = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, w), nn.GELU(approximate="tanh"))
         self.out = nn.Linear(w, 3)
         nn.init.zeros_(self.out.weight)
@@ -268,6 +294,14 @@ class TextureFlow(nn.Module):
         padded[cb, slot] = tok
         h = self.trunk(padded, t, cond, valid[:, None, None, :])
         per_vox = h[cb[inv], slot[inv]] + self.skip(h_vox)
+        if len(self.voxel):
+            # each voxel at slot 8 * (its cell's slot) + sub of its item: the packed layout's order
+            vb, vs = cb[inv], slot[inv] * 8 + sub
+            grid = torch.zeros(b, valid.shape[1] * 8, per_vox.shape[1], device=per_vox.device, dtype=per_vox.dtype)
+            grid[vb, vs] = per_vox
+            for block in self.voxel:
+                grid = block(grid, cond)
+            per_vox = grid[vb, vs]
         return x.replace(self.out(self.head(per_vox)).to(x.feats.dtype))
 
 
@@ -280,6 +314,34 @@ class ProxyModels(nn.Module):
         self.encoder = ImageEncoder(self.cfg)
         self.structure = StructureFlow(self.cfg)
         self.texture = TextureFlow(self.cfg)
+
+
+def extend_models(models: ProxyModels, cfg: ProxyConfig) -> ProxyModels:
+    """``models`` with ``cfg``'s added voxel blocks: trained weights kept, the new blocks at identity.
+
+    Only ``voxel_blocks`` may grow (each new :class:`_VoxelBlock` starts with zero output
+    projections, so the extended models predict what ``models`` predict).
+
+    >>> base = ProxyModels()
+    >>> big = extend_models(base, ProxyConfig(voxel_blocks=1))
+    >>> len(big.texture.voxel), big.cfg.voxel_blocks
+    (1, 1)
+
+    :raises ValueError: when ``cfg`` changes another size or removes voxel blocks.
+    """
+    old = asdict(models.cfg)
+    new = asdict(cfg)
+    changed = sorted(k for k in old if old[k] != new[k] and k != "voxel_blocks")
+    if changed or cfg.voxel_blocks < models.cfg.voxel_blocks:
+        raise ValueError(
+            f"cannot extend proxy weights of config {models.cfg} to {cfg}: only voxel_blocks may grow "
+            f"(changed: {changed or ['voxel_blocks (fewer)']}); train from scratch for other sizes"
+        )
+    out = ProxyModels(cfg)
+    missing, unexpected = out.load_state_dict(models.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("texture.voxel.") for k in missing), (missing, unexpected)
+    p = next(models.parameters())
+    return out.to(device=p.device, dtype=p.dtype).train(models.training)
 
 
 def save_models(models: ProxyModels, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
@@ -323,7 +385,8 @@ def load_models(path: str | Path, device: str | torch.device = "cpu") -> ProxyMo
         raise ValueError(f"weights={str(path)!r} is not a trellis-mv proxy weights file (format={meta.get('format')!r})")
     try:
         cfg = ProxyConfig(**json.loads(meta["config"]))
-        if not all(isinstance(v, int) and 0 < v <= 4096 for v in cfg.__dict__.values()):
+        if not all(isinstance(v, int) and (0 <= v if k == "voxel_blocks" else 0 < v) and v <= 4096
+                   for k, v in cfg.__dict__.items()):
             raise ValueError(f"sizes out of range: {cfg}")
         models = ProxyModels(cfg)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -453,6 +454,7 @@ def _train_fast(
     config: ProxyConfig | None, init: str | Path | None, state: str | Path | None, state_every: int,
     data_cache: str | Path | None, bank_views: int, bank_cache: str | Path | None, render_chunk: int | None,
     compile: bool, exact_state: bool, wall_limit: float | None, warmup: int | None, stop_at: int | None,
+    voxel_blocks: int | None,
 ) -> dict:
     """The fast run (see :func:`train`)."""
     t0 = time.time()
@@ -464,12 +466,18 @@ def _train_fast(
     if meta is not None:
         models = ProxyModels(ProxyConfig(**meta["config"])).to(dev)
         init = meta.get("init")
-    elif init is not None:  # continue from earlier weights (their config wins)
-        from trellis_mv.proxy._models import load_models
+        if voxel_blocks is not None and voxel_blocks != models.cfg.voxel_blocks:
+            raise ValueError(f"{state} holds a run with voxel_blocks={models.cfg.voxel_blocks}, not {voxel_blocks}: "
+                             "drop --voxel-blocks to continue it, or pass another --state")
+    elif init is not None:  # continue from earlier weights (their config wins, but for added voxel blocks)
+        from trellis_mv.proxy._models import extend_models, load_models
 
         models = load_models(init, dev).train()
+        if voxel_blocks is not None and voxel_blocks != models.cfg.voxel_blocks:
+            models = extend_models(models, dataclasses.replace(models.cfg, voxel_blocks=voxel_blocks))
     else:
-        models = ProxyModels(config).to(dev)
+        cfg = config or ProxyConfig()
+        models = ProxyModels(cfg if voxel_blocks is None else dataclasses.replace(cfg, voxel_blocks=voxel_blocks)).to(dev)
     ema_models = copy.deepcopy(models).eval().requires_grad_(False)
     chunk = render_chunk or (1024 if dev.type == "cuda" else 64)
     bank = build_bank(occ_all, col_all, bank_views, seed, dev, random_views, chunk=chunk, cache=bank_cache, verbose=verbose)
@@ -623,6 +631,7 @@ def train(
     wall_limit: float | None = None,
     warmup: int | None = None,
     stop_at: int | None = None,
+    voxel_blocks: int | None = None,
 ) -> dict:
     """Train (or continue); returns a summary (losses, steps, seconds, ``models``: the EMA) and writes ``out`` if given.
 
@@ -645,8 +654,12 @@ def train(
     :param exact_state: fast step: keep the EMA and the moments in float32 in the state
         (a resumed run then equals an uninterrupted one bit for bit on CPU; 1.6x larger).
     :param stop_at: fast step: end this command after this step (the state is written), as a time limit would.
+    :param voxel_blocks: fast step: the texture flow's voxel blocks (``ProxyConfig.voxel_blocks``);
+        with ``init``, blocks beyond the weights' own are added at identity (:func:`extend_models`).
     """
     if legacy:
+        if voxel_blocks is not None:
+            raise ValueError("voxel_blocks is a fast-step option: the legacy step trains the networks it was written for")
         return _train_legacy(
             steps=steps, batch=batch, shapes=shapes, seed=seed, lr=lr, cond_drop=cond_drop, ema=ema,
             time_limit=time_limit, out=out, device=device, workers=workers, log_every=log_every, verbose=verbose,
@@ -659,7 +672,7 @@ def train(
         time_limit=time_limit, out=out, device=device, workers=workers, log_every=log_every, verbose=verbose,
         config=config, init=init, state=state, state_every=state_every, data_cache=data_cache, bank_views=bank_views,
         bank_cache=bank_cache, render_chunk=render_chunk, compile=compile, exact_state=exact_state,
-        wall_limit=wall_limit, warmup=warmup, stop_at=stop_at,
+        wall_limit=wall_limit, warmup=warmup, stop_at=stop_at, voxel_blocks=voxel_blocks,
     )
 
 
@@ -678,6 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--init", help="start from these weights instead of from scratch")
+    p.add_argument("--voxel-blocks", type=int, help="fast step: texture voxel blocks (with --init: blocks added at identity)")
     p.add_argument("--legacy", action="store_true", help="the step of the shipped weights' run (views rendered every step)")
     p.add_argument("--ckpt", help="legacy step: checkpoint file to continue from (if it exists) and to write")
     p.add_argument("--ckpt-every", type=int, default=1000)
@@ -704,6 +718,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bank_cache": a.bank_cache, "render_chunk": a.render_chunk, "compile": a.compile, "wall_limit": a.wall_limit,
         "warmup": a.warmup, "stop_at": a.stop_at,
     }
+    if a.voxel_blocks is not None:
+        if legacy:
+            p.error("--voxel-blocks is a fast-step option; drop --legacy (or the gpu preset)")
+        if a.voxel_blocks < 0:
+            p.error(f"--voxel-blocks must be >= 0, got {a.voxel_blocks}")
+        extra["voxel_blocks"] = a.voxel_blocks
     summary = train(
         steps=int(kw["steps"]), batch=int(kw["batch"]), shapes=int(kw["shapes"]), lr=float(kw["lr"]),
         time_limit=float(kw["time_limit"]), seed=a.seed, cond_drop=a.cond_drop, device=a.device,
