@@ -61,7 +61,16 @@ class ProxyConfig:
     texture_blocks: int = 4
     grid: int = 16
     structure_patch: int = 1
-    voxel_blocks: int = 0
+    voxel_blocks: int = 1
+
+    @classmethod
+    def from_dict(cls, sizes: dict[str, int]) -> ProxyConfig:
+        """The config stored with weights or a training state; those written before voxel blocks have none.
+
+        >>> ProxyConfig.from_dict({"width": 160}).voxel_blocks
+        0
+        """
+        return cls(**{"voxel_blocks": 0, **sizes})
 
 
 # ---------------------------------------------------------------------------------------
@@ -384,7 +393,7 @@ def load_models(path: str | Path, device: str | torch.device = "cpu") -> ProxyMo
     if meta.get("format") != "trellis-mv-proxy-1":
         raise ValueError(f"weights={str(path)!r} is not a trellis-mv proxy weights file (format={meta.get('format')!r})")
     try:
-        cfg = ProxyConfig(**json.loads(meta["config"]))
+        cfg = ProxyConfig.from_dict(json.loads(meta["config"]))
         if not all(isinstance(v, int) and (0 <= v if k == "voxel_blocks" else 0 < v) and v <= 4096
                    for k, v in cfg.__dict__.items()):
             raise ValueError(f"sizes out of range: {cfg}")

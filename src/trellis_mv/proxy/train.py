@@ -239,7 +239,7 @@ def _train_legacy(
     occ_all, col_all = occ_all.to(dev), col_all.to(dev)
     state = torch.load(ckpt, map_location=dev, weights_only=True) if ckpt is not None and Path(ckpt).is_file() else None
     if state is not None:
-        models = ProxyModels(ProxyConfig(**state["config"])).to(dev)
+        models = ProxyModels(ProxyConfig.from_dict(state["config"])).to(dev)
         models.load_state_dict(state["models"])
     elif init is not None:  # continue from earlier weights (their config wins)
         from trellis_mv.proxy._models import load_models
@@ -464,7 +464,7 @@ def _train_fast(
     dev = torch.device(device)
     meta, saved = load_state(state, dev) if state is not None and state_exists(state) else (None, None)
     if meta is not None:
-        models = ProxyModels(ProxyConfig(**meta["config"])).to(dev)
+        models = ProxyModels(ProxyConfig.from_dict(meta["config"])).to(dev)
         init = meta.get("init")
         if voxel_blocks is not None and voxel_blocks != models.cfg.voxel_blocks:
             raise ValueError(f"{state} holds a run with voxel_blocks={models.cfg.voxel_blocks}, not {voxel_blocks}: "
@@ -663,7 +663,8 @@ def train(
         return _train_legacy(
             steps=steps, batch=batch, shapes=shapes, seed=seed, lr=lr, cond_drop=cond_drop, ema=ema,
             time_limit=time_limit, out=out, device=device, workers=workers, log_every=log_every, verbose=verbose,
-            config=config, init=init, ckpt=ckpt, ckpt_every=ckpt_every, data_cache=data_cache,
+            config=config or ProxyConfig(voxel_blocks=0),  # the networks the legacy run trained
+            init=init, ckpt=ckpt, ckpt_every=ckpt_every, data_cache=data_cache,
         )
     if ckpt is not None:
         raise ValueError("ckpt is the legacy step's checkpoint (legacy=True); the fast step continues from state=<folder>")
