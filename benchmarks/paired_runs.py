@@ -12,8 +12,6 @@ value the mean over its seeds) with its 95% paired-bootstrap interval and the Wi
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import shlex
 import sys
 from collections import defaultdict
@@ -29,14 +27,10 @@ METRICS = ("iou", "given_silhouette_iou", "given_color_acc", "hidden_color_acc_s
 
 
 def _records(folder: Path) -> list[dict]:
-    files = sorted((folder / "results").glob("rank-*.jsonl*"))
-    if not files:
-        sys.exit(f"paired_runs: {folder} holds no results/rank-*.jsonl: name a `trellis-mv eval --out` folder")
-    out = []
-    for f in files:
-        text = gzip.decompress(f.read_bytes()).decode() if f.suffix == ".gz" else f.read_text()
-        out += [json.loads(line) for line in text.splitlines() if line.strip()]
-    return out
+    records = ev.read_results(folder)
+    if not records:
+        sys.exit(f"paired_runs: {folder} holds no results/rank-*.jsonl[.gz]: name a `trellis-mv eval --out` folder")
+    return records
 
 
 def per_object(records: list[dict], aggregator: str, n: int) -> dict[str, dict[str, tuple[int, float]]]:

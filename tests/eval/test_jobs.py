@@ -51,3 +51,20 @@ def test_a_torn_last_line_is_ignored_and_the_next_record_starts_a_new_line(tmp_p
     assert {k: v["x"] for k, v in store.done().items()} == {"a": 1, "b": 2}
     assert pending([Job("a", "m", ("v",), 0)], {"a|m|v|0": {}}) == []
     assert all(json.loads(line)["done"] for line in store.path(0).read_text().splitlines() if line.endswith("}"))
+
+
+def test_archived_rank_files_are_read_with_the_written_ones(tmp_path):
+    import gzip
+
+    from trellis_mv.eval import read_results
+
+    store = ResultStore(tmp_path)
+    store.append(0, {"key": "a", "x": 1})
+    store.append(1, {"key": "b", "x": 2})
+    archived = store.path(0).with_name("rank-0000.jsonl.gz")
+    archived.write_bytes(gzip.compress(store.path(0).read_bytes()))
+    store.path(0).unlink()  # a committed folder keeps its results gzipped
+    assert {r["key"]: r["x"] for r in read_results(tmp_path)} == {"a": 1, "b": 2}
+    assert store.count() == 2
+    store.append(0, {"key": "c", "x": 3})  # resuming writes a plain file beside the archive
+    assert sorted(store.done()) == ["a", "b", "c"] and store.count() == 3

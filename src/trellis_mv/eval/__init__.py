@@ -17,7 +17,7 @@ from trellis_mv.eval._datasets import (
     parse_dataset,
     write_example_folder,
 )
-from trellis_mv.eval._jobs import Job, Placement, derive_seed, placement
+from trellis_mv.eval._jobs import Job, Placement, derive_seed, placement, read_results
 from trellis_mv.eval._metrics import image_scores, lower_is_better, score_mesh
 from trellis_mv.eval._report import write_report
 from trellis_mv.eval._run import Generation, evaluate
@@ -37,5 +37,6 @@ __all__ = [
     "HELD_OUT_VIEWS", "NEAREST_VOXEL", "VIEW_SETS", "Dataset", "EvalObject", "FolderDataset", "Generation", "Job",
     "Paired", "Placement", "ProxyDataset", "chamfer", "color_error", "derive_seed", "evaluate", "fscore",
     "image_scores", "iou", "lower_is_better", "mean_ci", "paired", "paired_bootstrap_ci", "parse_dataset",
-    "placement", "reference_iou", "score_mesh", "score_voxels", "wilcoxon_p", "write_example_folder", "write_report",
+    "placement", "read_results", "reference_iou", "score_mesh", "score_voxels", "wilcoxon_p", "write_example_folder",
+    "write_report",
 ]

@@ -14,6 +14,7 @@ True
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -105,6 +106,21 @@ def placement(env: dict[str, str] | None = None) -> Placement:
     return Placement()
 
 
+def read_results(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The finished jobs' records of an evaluation folder (``trellis-mv eval --out``), one per job.
+
+    Archived rank files (``results/rank-*.jsonl.gz``, as committed result folders keep them)
+    are read as well as written ones.
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> ResultStore(d).append(0, {"key": "a", "iou": 0.5})
+    >>> [r["iou"] for r in read_results(d)]
+    [0.5]
+    """
+    return list(ResultStore(out).done().values())
+
+
 class ResultStore:
     """Per-rank JSON-lines files under ``DIR/results``: one line per finished job, written whole.
 
@@ -118,10 +134,15 @@ class ResultStore:
     def path(self, rank: int) -> Path:
         return self.dir / f"rank-{rank:04d}.jsonl"
 
+    def files(self) -> list[Path]:
+        """The rank files, written (``rank-*.jsonl``) and archived (``rank-*.jsonl.gz``, read only), by name."""
+        return sorted([*self.dir.glob("rank-*.jsonl"), *self.dir.glob("rank-*.jsonl.gz")])
+
     def records(self) -> Iterator[dict[str, Any]]:
         """Every complete record, in a deterministic order (file name, then line)."""
-        for file in sorted(self.dir.glob("rank-*.jsonl")):
-            for line in file.read_text().splitlines():
+        for file in self.files():
+            text = gzip.decompress(file.read_bytes()).decode() if file.suffix == ".gz" else file.read_text()
+            for line in text.splitlines():
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
@@ -138,7 +159,9 @@ class ResultStore:
 
     def count(self) -> int:
         """Finished lines over all ranks (cheap; for progress)."""
-        return sum(f.read_bytes().count(b"\n") for f in self.dir.glob("rank-*.jsonl"))
+        return sum(
+            (gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()).count(b"\n") for f in self.files()
+        )
 
     def append(self, rank: int, record: dict[str, Any]) -> None:
         """Write one finished job as one line, flushed and synced before returning."""
