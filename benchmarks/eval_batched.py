@@ -10,7 +10,15 @@ counted (rows per forward as it ran them), timed alone on random inputs, as jobs
 Prints jobs/s of each and their ratios; with ``--out``, writes them as Markdown and JSON.
 Scores of the jobs both paths ran are compared (largest difference).
 
-    python benchmarks/eval_batched.py --device cuda --objects 64 --out benchmarks/results/eval_batched_H200.md
+``--compile`` adds rows for the batched path with the proxy's flow networks wrapped by
+``torch.compile``: ``compile`` (the structure flow, whose shapes are static per chunk, and
+the texture flow with ``dynamic=True``, whose token count varies) and ``cudagraphs`` (the
+structure flow in ``mode="reduce-overhead"``, CUDA graphs, on CUDA only). Each runs the job
+list once untimed (compiling for every shape it meets: ``compile_seconds``), then timed, and
+its scores are compared with the eager batched run's.
+
+    python benchmarks/eval_batched.py --device cuda --objects 200 --views 1 4 --per-job-limit 120 --compile \
+        --out benchmarks/results/eval_batched_H200.md
     python benchmarks/eval_batched.py --device cpu --objects 2 --views 1 --per-job-limit 4   # smallest
 """
 
@@ -40,13 +48,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed_eval(args: argparse.Namespace, out: Path, batch: int, max_jobs: int | None) -> tuple[float, dict[str, dict]]:
+def _timed_eval(
+    args: argparse.Namespace, out: Path, batch: int, max_jobs: int | None, adapter: object = None, warm_all: bool = False,
+) -> tuple[float, dict[str, dict]]:
     from trellis_mv.eval import evaluate
 
     params = {"sparse_structure": {"steps": args.steps}, "texture": {"steps": args.steps}}
     common = dict(dataset="proxy", first_object=args.first_object, objects=args.objects, views=args.views,
-                  aggregators=args.aggregators, seeds=1, params=params, device=args.device, progress=False, report=False)
-    evaluate(out=out / "warm", **{**common, "objects": 1}, batch=batch, max_jobs=2)  # load, allocate, compile kernels
+                  aggregators=args.aggregators, seeds=1, params=params, device=args.device, progress=False, report=False,
+                  adapter=adapter)
+    warm = common if warm_all else {**common, "objects": 1}  # compiled networks meet every shape before the timing
+    evaluate(out=out / "warm", **warm, batch=batch, max_jobs=None if warm_all else 2)  # load, allocate, compile
     _sync(args.device)
     start = time.perf_counter()
     evaluate(out=out / "run", **common, batch=batch, max_jobs=max_jobs)
@@ -54,6 +66,29 @@ def _timed_eval(args: argparse.Namespace, out: Path, batch: int, max_jobs: int |
     seconds = time.perf_counter() - start
     recs = _records(out / "run")
     return len(recs) / seconds, recs
+
+
+def _compiled(args: argparse.Namespace, root: Path, variant: str, eager: dict[str, dict]) -> dict:
+    """The batched path with compiled flow networks: jobs/s, compile time and the largest score difference to eager."""
+    from trellis_mv import load_adapter
+
+    adapter = load_adapter("proxy", device=args.device)
+    models = adapter.models  # type: ignore[attr-defined]
+    if variant == "cudagraphs":
+        models.structure = torch.compile(models.structure, mode="reduce-overhead")
+    else:
+        models.structure = torch.compile(models.structure)
+        models.texture = torch.compile(models.texture, dynamic=True)
+    start = time.perf_counter()
+    try:
+        rate, recs = _timed_eval(args, root / variant, args.batch, None, adapter=adapter, warm_all=True)
+    except Exception as exc:  # a backend that cannot compile these networks here: say so, keep the other rows
+        return {"variant": variant, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    total = time.perf_counter() - start
+    diff = max((abs(a - b) for k in recs for m, a in recs[k]["metrics"].items()
+                if a is not None and (b := eager[k]["metrics"].get(m)) is not None), default=float("nan"))
+    return {"variant": variant, "jobs_per_s": rate, "compile_seconds": total - len(recs) / rate,
+            "largest_score_difference": diff}
 
 
 def _forward_only(args: argparse.Namespace, recs: dict[str, dict]) -> float:
@@ -99,6 +134,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--per-job-limit", type=int, default=120, help="jobs of the per-job path to time (its rate is steady)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help="also time the batched path with torch.compile'd networks")
     p.add_argument("--out", type=Path, default=None, help="write the numbers as Markdown here (and JSON beside)")
     args = p.parse_args()
     if args.threads:
@@ -107,6 +143,8 @@ def main() -> None:
         root = Path(tmp)
         batched_rate, batched = _timed_eval(args, root / "batched", args.batch, None)
         per_job_rate, per_job = _timed_eval(args, root / "per_job", 1, args.per_job_limit)
+        variants = ["compile"] + (["cudagraphs"] if args.device.startswith("cuda") else []) if args.compile else []
+        compiled = [_compiled(args, root, v, batched) for v in variants]
     forward_rate = _forward_only(args, batched)
     diff = max((abs(a - b) for k in per_job for m, a in per_job[k]["metrics"].items()
                 if a is not None and (b := batched[k]["metrics"].get(m)) is not None), default=float("nan"))
@@ -115,7 +153,9 @@ def main() -> None:
            "aggregators": args.aggregators, "steps": args.steps, "batch": args.batch,
            "per_job_jobs": len(per_job), "per_job_jobs_per_s": per_job_rate, "batched_jobs_per_s": batched_rate,
            "forward_only_jobs_per_s": forward_rate, "batched_over_per_job": batched_rate / per_job_rate,
-           "batched_over_forward_only": batched_rate / forward_rate, "largest_score_difference": diff}
+           "batched_over_forward_only": batched_rate / forward_rate, "largest_score_difference": diff,
+           "compiled": [{**c, **({"over_eager_batched": c["jobs_per_s"] / batched_rate} if "jobs_per_s" in c else {})}
+                        for c in compiled]}
     lines = [f"# Evaluation throughput, per-job and batched ({name})", "",
              f"{len(batched)} jobs ({args.objects} held-out proxy objects from #{args.first_object}, views {args.views}, "
              f"{' '.join(args.aggregators)} + single-view baselines, {args.steps} steps a stage), batch {args.batch}; "
@@ -125,9 +165,18 @@ def main() -> None:
              f"| batched | {batched_rate:.1f} |",
              f"| model forwards alone (structure stage, the batched run's shapes) | {forward_rate:.1f} |", "",
              f"batched / per job: **{res['batched_over_per_job']:.1f}x**; batched / forwards alone: "
-             f"{res['batched_over_forward_only']:.2f}; largest score difference between the paths: {diff:.2e}.", "",
-             f"Command: `python benchmarks/eval_batched.py --device {args.device} --objects {args.objects} --views "
-             f"{' '.join(map(str, args.views))} --batch {args.batch} --per-job-limit {args.per_job_limit}`"]
+             f"{res['batched_over_forward_only']:.2f}; largest score difference between the paths: {diff:.2e}.", ""]
+    if compiled:
+        lines += ["| batched, compiled | jobs/s | / eager batched | compile seconds | largest score difference to eager |",
+                  "|---|---|---|---|---|"]
+        for c in res["compiled"]:
+            lines.append(f"| {c['variant']} | failed: {c['error']} | | | |" if "error" in c else
+                         f"| {c['variant']} | {c['jobs_per_s']:.1f} | {c['over_eager_batched']:.2f}x | "
+                         f"{c['compile_seconds']:.1f} | {c['largest_score_difference']:.2e} |")
+        lines.append("")
+    lines.append(f"Command: `python benchmarks/eval_batched.py --device {args.device} --objects {args.objects} --views "
+                 f"{' '.join(map(str, args.views))} --batch {args.batch} --per-job-limit {args.per_job_limit}"
+                 f"{' --compile' if args.compile else ''}`")
     emit(lines, res, args.out)
 
 

@@ -128,8 +128,10 @@ def readme_measured() -> str:
         "in the table; `docs/proxy.rst` says how far the proxy carries).",
         f"- The evaluation harness, one {e['device']}, {e['date']} (`{_rel(EVAL_SPEED)}`): "
         f"{e['batched_jobs_per_s']:.0f} jobs/s batched against {e['per_job_jobs_per_s']:.1f} one sampler run per job "
-        f"({e['batched_over_per_job']:.0f}x), {e['batched_over_forward_only']:.0%} of the model's forwards-only rate; "
-        f"the table above ({f['shapes'] * f['seeds'] * 28:,} jobs) ran in one command.",
+        f"({e['batched_over_per_job']:.0f}x), {e['batched_over_forward_only']:.0%} of the model's forwards-only rate"
+        + "".join(f", {c['jobs_per_s']:.0f} with `torch.compile` ({c['over_eager_batched']:.2f}x)"
+                  for c in e.get("compiled", []) if c.get("variant") == "compile" and "jobs_per_s" in c)
+        + f"; the table above ({f['shapes'] * f['seeds'] * 28:,} jobs) ran in one command.",
         f"- The app, proxy model, 4 photos, 12 steps a stage, 2-core CPU, {a['date']} (`{_rel(APP_TIMING)}`): "
         f"ready in {a['start']:.1f} s, a run {a['run']:.1f} s from click to result ({a['alone']:.1f} s without the app).",
     ])

@@ -227,7 +227,7 @@ class _MeshPool:
 
 def _mesh_worker_count(value: int | None) -> int:
     """Worker processes for mesh scores: ``value``, else none. Measured on one H200 with 16 cores, 8 workers
-    ran a small folder evaluation at 0.83x the main process's rate (``benchmarks/results/eval_mesh_workers_H200.md``):
+    ran a folder evaluation of 4 chunks at 0.99x the main process's rate (``benchmarks/results/eval_mesh_workers_H200.md``):
     the pool is there to be asked for, not the default."""
     if value is not None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
