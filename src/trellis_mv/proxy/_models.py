@@ -281,17 +281,24 @@ class TextureFlow(nn.Module):
         per = torch.bincount(cb, minlength=b)
         start = torch.cumsum(per, 0) - per
         slot = torch.arange(k, device=c.device) - start[cb]
-        n = max(int(per.max().item()) if k else 1, 1)
+        # each voxel's place among its item's voxels (the voxel blocks' rows, no padding between cells)
+        vb = c[:, 0]
+        vper = torch.bincount(vb, minlength=b)
+        order = torch.argsort(vb, stable=True)
+        vslot = torch.empty_like(vb)
+        vslot[order] = torch.arange(vb.shape[0], device=c.device) - (torch.cumsum(vper, 0) - vper)[vb[order]]
+        longest = torch.stack([per.max(), vper.max()]).tolist() if k else [1, 1]  # the one host sync
+        n, nv = max(int(longest[0]), 1), max(int(longest[1]), 1)
         valid = torch.zeros(b, n, dtype=torch.bool, device=c.device)
         valid[cb, slot] = True
         valid[:, 0] = True  # an empty item still attends somewhere (its output is unused)
-        layout = (sub, uniq, inv, cb, slot, valid)
+        layout = (sub, uniq, inv, cb, slot, valid, vb, vslot, torch.empty(nv, 0, device=c.device))
         self._cached_layout = (key, weakref.ref(coords), layout)
         return layout
 
     def forward(self, x: SparseTensor, t: torch.Tensor, cond: torch.Tensor, **_: object) -> SparseTensor:
         b = x.shape[0]
-        sub, uniq, inv, cb, slot, valid = self._layout(x.coords, b)
+        sub, uniq, inv, cb, slot, valid, vb, vslot, vrows = self._layout(x.coords, b)
         h_vox = self.inp(x.feats.to(self.inp.weight.dtype)) + self.sub(sub)
         k = uniq.shape[0]
         pooled = torch.zeros(k, h_vox.shape[1], device=h_vox.device, dtype=h_vox.dtype).index_add_(0, inv, h_vox)
@@ -304,13 +311,13 @@ class TextureFlow(nn.Module):
         h = self.trunk(padded, t, cond, valid[:, None, None, :])
         per_vox = h[cb[inv], slot[inv]] + self.skip(h_vox)
         if len(self.voxel):
-            # each voxel at slot 8 * (its cell's slot) + sub of its item: the packed layout's order
-            vb, vs = cb[inv], slot[inv] * 8 + sub
-            grid = torch.zeros(b, valid.shape[1] * 8, per_vox.shape[1], device=per_vox.device, dtype=per_vox.dtype)
-            grid[vb, vs] = per_vox
+            # each item's voxels in rows of their own (vrows.shape[0]: the most voxels of any item); a
+            # voxel's cross-attention does not depend on its row, so this equals the packed layout's rows
+            grid = torch.zeros(b, vrows.shape[0], per_vox.shape[1], device=per_vox.device, dtype=per_vox.dtype)
+            grid[vb, vslot] = per_vox
             for block in self.voxel:
                 grid = block(grid, cond)
-            per_vox = grid[vb, vs]
+            per_vox = grid[vb, vslot]
         return x.replace(self.out(self.head(per_vox)).to(x.feats.dtype))
 
 
