@@ -72,7 +72,8 @@ def test_hooks_are_removed_after_each_step():
 def test_on_the_proxy_every_stage_gets_per_element_weights(proxy):
     pipeline, _, images = proxy
     assert len(find_cross_attention(pipeline.models.structure)) == pipeline.models.cfg.structure_blocks
-    assert len(find_cross_attention(pipeline.models.texture)) == pipeline.models.cfg.texture_blocks
+    cfg = pipeline.models.cfg
+    assert len(find_cross_attention(pipeline.models.texture)) == cfg.texture_blocks + cfg.voxel_blocks
     result, patches = run_proxy(pipeline, images[:2], "attention", seed=0, params={s: {"steps": 2} for s in pipeline.samplers})
     dense = patches["sparse_structure"].diagnostics
     sparse = patches["texture"].diagnostics
@@ -82,3 +83,32 @@ def test_on_the_proxy_every_stage_gets_per_element_weights(proxy):
         torch.testing.assert_close(record["view_weights"].sum(0), torch.ones_like(record["view_weights"][0]))
         e = record["attention_entropy"]
         assert ((e > 0) & (e <= 1)).all() and e.std() > 0  # varies per element: the mapping is not constant
+
+
+def test_on_the_proxy_each_query_row_is_read_as_the_element_it_stands_for(proxy):
+    """The texture flow's cell trunk queries one row per cell, its voxel blocks one per voxel: entropies
+    written as a code of (batch item, query row) must come back at the voxels those rows hold."""
+    from types import SimpleNamespace
+
+    from trellis_mv_spatial.attention import _to_elements
+
+    from trellis_mv.sparse import SparseTensor
+
+    pipeline, _, _ = proxy
+    flow = pipeline.models.texture
+    occ = torch.zeros(3, 16, 16, 16, dtype=torch.bool)
+    occ[0, 2:6, 3:5, 4:9] = True
+    occ[1, 9:12, 1:4, 0:2] = True
+    occ[2, 0:3, 0:3, 0:3] = True
+    coords = occ.nonzero().int()
+    coords = coords[torch.randperm(len(coords), generator=torch.Generator().manual_seed(0))]  # any row order
+    x = SparseTensor(torch.zeros(len(coords), 3), coords, 3)
+    _, _, inv, cb, slot, _, vb, vslot, vrows = flow._layout(x.coords, 3)
+    step = SimpleNamespace(batch_size=3, x_t=x, model=flow)
+    el = SimpleNamespace(spatial=None, rows=len(coords))
+    code = (torch.arange(3)[:, None] * 10_000 + torch.arange(vrows.shape[0])[None]).double()
+    got = _to_elements(code.repeat(2, 1), 2, step, el, "voxel.0.cross")
+    torch.testing.assert_close(got[1], (vb * 10_000 + vslot).double())
+    cells = code[:, : int(slot.max()) + 1]
+    got = _to_elements(cells.repeat(2, 1), 2, step, el, "trunk.blocks.0.cross")
+    torch.testing.assert_close(got[1], (cb[inv] * 10_000 + slot[inv]).double())

@@ -187,8 +187,19 @@ def _proxy_texture_cells(model: Any, x: Any) -> tuple[torch.Tensor, torch.Tensor
     return item[inv], slot[inv]
 
 
-def _to_elements(ent: torch.Tensor, copies: int, step: Step, el: Elements) -> torch.Tensor:
-    """Captured entropies of ``copies`` stacked copies of the latent to ``[copies, R]``."""
+def _proxy_texture_voxels(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The proxy texture flow's voxel blocks give each batch item's voxels rows of their own, in
+    coordinate order: each voxel's (item, row)."""
+    item = x.coords[:, 0].long()
+    per = torch.bincount(item, minlength=int(x.shape[0]))
+    order = torch.argsort(item, stable=True)
+    row = torch.empty_like(item)
+    row[order] = torch.arange(item.shape[0], device=item.device) - (torch.cumsum(per, 0) - per)[item[order]]
+    return item, row
+
+
+def _to_elements(ent: torch.Tensor, copies: int, step: Step, el: Elements, site: str = "") -> torch.Tensor:
+    """Captured entropies of ``copies`` stacked copies of the latent to ``[copies, R]`` (``site``: the module's name)."""
     b = step.batch_size
     if el.spatial is None:
         m = el.rows
@@ -196,7 +207,9 @@ def _to_elements(ent: torch.Tensor, copies: int, step: Step, el: Elements) -> to
             return ent.reshape(copies, m)
         module = _module_of(step.model)
         if ent.ndim == 2 and ent.shape[0] == copies * b and hasattr(module, "cells"):
-            item, slot = _proxy_texture_cells(module, step.x_t)
+            # the proxy's cell trunk queries one row per 2^3 cell; its voxel blocks, one per voxel
+            voxel_rows = site.startswith("voxel.")
+            item, slot = _proxy_texture_voxels(step.x_t) if voxel_rows else _proxy_texture_cells(module, step.x_t)
             return ent.reshape(copies, b, -1)[:, item, slot]
     elif ent.ndim == 2 and ent.shape[0] == copies * b:
         spatial, lq = el.spatial, ent.shape[1]
@@ -250,7 +263,7 @@ class Attention(ElementAggregator):
             ent = torch.cat(site.captured, 0)
             site.captured.clear()
             rows = ent.shape[0] // (step.batch_size if ent.ndim == 2 or el.spatial is not None else el.rows)
-            entropy += _to_elements(ent, rows, step, el)[: len(views)].to(entropy)
+            entropy += _to_elements(ent, rows, step, el, site.name)[: len(views)].to(entropy)
         el.notes["entropy"] = entropy / len(sites)
         return el
 
