@@ -141,8 +141,7 @@ class ResultStore:
     def records(self) -> Iterator[dict[str, Any]]:
         """Every complete record, in a deterministic order (file name, then line)."""
         for file in self.files():
-            text = gzip.decompress(file.read_bytes()).decode() if file.suffix == ".gz" else file.read_text()
-            for line in text.splitlines():
+            for line in _read(file).decode().splitlines():
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
@@ -159,9 +158,7 @@ class ResultStore:
 
     def count(self) -> int:
         """Finished lines over all ranks (cheap; for progress)."""
-        return sum(
-            (gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()).count(b"\n") for f in self.files()
-        )
+        return sum(_read(f).count(b"\n") for f in self.files())
 
     def append(self, rank: int, record: dict[str, Any]) -> None:
         """Write one finished job as one line, flushed and synced before returning."""
@@ -174,6 +171,12 @@ class ResultStore:
             f.write(line.encode())
             f.flush()
             os.fsync(f.fileno())
+
+
+def _read(file: Path) -> bytes:
+    """A rank file's bytes, decompressed when it is an archived ``.jsonl.gz``."""
+    data = file.read_bytes()
+    return gzip.decompress(data) if file.suffix == ".gz" else data
 
 
 def _ends_with_newline(path: Path) -> bool:
