@@ -1,12 +1,13 @@
 """Proxy training throughput: the legacy step against the fast step, in one run, on one device.
 
-    python benchmarks/train_step.py [--device cuda] [--shapes 4096] [--batch 256 1024 2048] [--compile]
+    python benchmarks/train_step.py [--device cuda] [--shapes 4096] [--batch 256 1024 2048] [--buckets 1 4] [--compile]
 
 The legacy step (``trellis_mv.proxy.train.legacy_step``, what trained the shipped weights)
 renders its batch's views every step, runs the sparse texture stage, plain AdamW, one EMA
 kernel per parameter and reads its losses back every step. The fast step
 (``trellis_mv.proxy.train.FastStep``) draws its views from a bank rendered once (its
-rendering time is reported apart, as ``bank``), runs the packed texture stage, fused AdamW
+rendering time is reported apart, as ``bank``), runs the packed texture stage (its shapes in at most ``--buckets`` paddings:
+``plan_buckets``; 1 pads every item to the largest shape), fused AdamW
 (on CUDA) and a foreach EMA, and syncs only at the end of the timed steps. Both start from
 the same initial weights; examples/s is measured over ``--steps`` steps after
 ``--warmup`` untimed ones (compilation happens there). Each row prints as one JSON line;
@@ -66,12 +67,13 @@ def bench_legacy(models: ProxyModels, occ: torch.Tensor, col: torch.Tensor, batc
             "ms_per_step": round(1000 * sec / steps, 2), "losses": last}
 
 
-def bench_fast(models: ProxyModels, bank, batch: int, steps: int, warmup: int, compile: bool) -> dict:
-    """Examples/s of :class:`FastStep` at ``batch``."""
+def bench_fast(models: ProxyModels, bank, batch: int, steps: int, warmup: int, compile: bool, buckets: int) -> dict:
+    """Examples/s of :class:`FastStep` at ``batch``, its shapes in at most ``buckets`` paddings."""
     dev = bank.occ.device
     models = copy.deepcopy(models).train()
     ema_models = copy.deepcopy(models).eval().requires_grad_(False)
-    fast = FastStep(models, ema_models, bank, torch.Generator(device=dev).manual_seed(0), batch, 1e-4, compile=compile)
+    fast = FastStep(models, ema_models, bank, torch.Generator(device=dev).manual_seed(0), batch, 1e-4, compile=compile,
+                    buckets=buckets)
     t_warm = time.perf_counter()
     for s in range(1, warmup + steps + 1):
         if s == warmup + 1:
@@ -82,7 +84,7 @@ def bench_fast(models: ProxyModels, bank, batch: int, steps: int, warmup: int, c
     _sync(dev)
     sec = time.perf_counter() - t0
     losses = fast.read_losses()
-    return {"step": "fast" + ("+compile" if compile else ""), "batch": batch,
+    return {"step": "fast" + ("+compile" if compile else ""), "batch": batch, "buckets": fast.layout,
             "examples_per_s": _sig(steps * batch / sec), "ms_per_step": round(1000 * sec / steps, 2),
             "warmup_seconds": round(warm, 1), "losses": losses, "finite": all(map(math.isfinite, losses.values()))}
 
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="also time the fast step with torch.compile")
+    p.add_argument("--buckets", type=int, nargs="+", default=[4],
+                   help="paddings of the texture stage to time the fast step with (1: every item padded to the largest shape)")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--render-chunk", type=int, help="views per renderer call for the bank (default 1024 on CUDA, 64 on CPU)")
     p.add_argument("--out", help="write the rows as JSON here")
@@ -123,28 +127,27 @@ def main(argv: list[str] | None = None) -> int:
     _sync(dev)
     sec = time.perf_counter() - t0
     emit({"bank": a.shapes * a.bank_views, "seconds": round(sec, 1), "views_per_s": round(a.shapes * a.bank_views / sec, 1),
-          "cells": bank.cells, "render_chunk": chunk, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"})
+          "render_chunk": chunk, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"})
     occ_d, col_d = occ.to(dev), col.to(dev)
     legacy = bench_legacy(models, occ_d, col_d, a.legacy_batch, a.steps, a.warmup)
     emit({**legacy, "peak_gib": _peak(dev)})
-    for compile in [False, True] if a.compile else [False]:
-        for b in a.batch:
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(dev)
-            try:
-                row = bench_fast(models, bank, b, a.steps, a.warmup, compile)
-            except torch.OutOfMemoryError:
-                emit({"step": "fast" + ("+compile" if compile else ""), "batch": b, "error": "out of memory"})
-                continue
-            except Exception as exc:  # a compiler failure is a result too; the eager rows stand
-                if not compile:
-                    raise
-                emit({"step": "fast+compile", "batch": b, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
-                break
-            emit({**row, "peak_gib": _peak(dev)})
+    for compile, b, k in [(c, b, k) for c in ([False, True] if a.compile else [False]) for b in a.batch for k in a.buckets]:
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+        try:
+            row = bench_fast(models, bank, b, a.steps, a.warmup, compile, k)
+        except torch.OutOfMemoryError:
+            emit({"step": "fast" + ("+compile" if compile else ""), "batch": b, "max_buckets": k, "error": "out of memory"})
+            continue
+        except Exception as exc:  # a compiler failure is a result too; the eager rows stand
+            if not compile:
+                raise
+            emit({"step": "fast+compile", "batch": b, "max_buckets": k, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            break
+        emit({**row, "max_buckets": k, "peak_gib": _peak(dev)})
     base = legacy["examples_per_s"]
-    emit({"ratio_to_legacy": {f"{r['step']}@{r['batch']}": round(r["examples_per_s"] / base, 2)
+    emit({"ratio_to_legacy": {f"{r['step']}@{r['batch']}/{r['max_buckets']}": round(r["examples_per_s"] / base, 2)
                               for r in rows if r.get("step", "").startswith("fast") and "examples_per_s" in r}})
     return 0
 

@@ -10,7 +10,17 @@ import torch
 
 from trellis_mv.proxy import ProxyConfig, ProxyModels
 from trellis_mv.proxy._data import make_shapes
-from trellis_mv.proxy._fast import PackedTexture, ViewBank, build_bank, gather_cells, max_cells, pack_cells
+from trellis_mv.proxy._fast import (
+    PackedTexture,
+    ViewBank,
+    build_bank,
+    gather_cells,
+    layout,
+    max_cells,
+    pack_cells,
+    pack_voxels,
+    plan_buckets,
+)
 from trellis_mv.proxy._state import MAX_TOTAL, SHARD_BYTES, load_state, save_state, state_exists
 from trellis_mv.proxy.train import FastStep, random_views, train
 from trellis_mv.sparse import SparseTensor
@@ -41,13 +51,16 @@ def test_the_packed_texture_stage_gives_the_sparse_models_velocities(voxel_block
     coords = occ.nonzero().int()
     sparse = models.texture(SparseTensor(feats[occ], coords, 3), t, cond).feats
 
-    cell, voxels, slots = pack_cells(occ, cells + 5)  # spare slots change nothing
-    packed = PackedTexture(models.texture)(gather_cells(feats, cell), cell, voxels, slots, t, cond)
-    assert packed.shape == (3, cells + 5, 8, 3)
-    assert int(voxels.sum()) == len(coords)
-    # the same voxels in both layouts: scatter the packed outputs back to the grid
+    cell, voxels, slots = pack_cells(occ, cells + 5)  # spare slots and rows change nothing
+    rows = int(occ.flatten(1).sum(1).max()) + 3
+    index, valid = pack_voxels(voxels, rows)
+    packed = PackedTexture(models.texture)(gather_cells(feats, cell), cell, voxels, slots, t, cond, index)
+    assert packed.shape == (3, rows, 3)
+    assert int(voxels.sum()) == int(valid.sum()) == len(coords)
+    # the same voxels in both layouts: scatter the packed rows to their cells, the cells back to the grid
+    by_cell = torch.zeros(3, (cells + 5) * 8, 3).scatter_(1, index[..., None].expand(-1, -1, 3), packed * valid[..., None])
     grid = torch.zeros(3, 8**3, 8, 3)
-    grid.scatter_(1, cell[..., None, None].expand(-1, -1, 8, 3), packed * voxels[..., None])
+    grid.scatter_(1, cell[..., None, None].expand(-1, -1, 8, 3), by_cell.reshape(3, cells + 5, 8, 3) * voxels[..., None])
     grid = grid.reshape(3, 8, 8, 8, 2, 2, 2, 3).permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(3, 16, 16, 16, 3)
     torch.testing.assert_close(grid[occ], sparse, atol=1e-5, rtol=1e-4)
 
@@ -77,8 +90,63 @@ def test_the_bank_holds_views_of_its_shapes_and_is_read_back_from_its_cache(tmp_
     assert (bank.images[1, 1].float() / 255 - ref).abs().max() <= 0.5 / 255 + 1e-6
     again = build_bank(occ, col, per_shape=2, seed=5, device="cpu", draw_views=random_views, cache=tmp_path)  # cached
     assert torch.equal(again.images, bank.images) and len(list(tmp_path.glob("bank-*.npz"))) == 1
-    o, c, im = bank.batch(torch.Generator().manual_seed(0), 5)
+    o, c, im = bank.batch(torch.Generator().manual_seed(0), plan_buckets(occ, 5, buckets=1))
     assert o.shape == (5, 16, 16, 16) and c.dtype == torch.float32 and im.shape == (5, 3, 64, 64)
+
+
+def test_buckets_split_the_shapes_by_size_and_each_batch_draws_its_share_from_each():
+    occ, col = _shapes(200)
+    cells = _cells(occ)
+    voxels = occ.flatten(1).sum(1)
+    plan = plan_buckets(occ, batch=64, buckets=4)
+    assert 2 <= len(plan) <= 4 and sum(b.items for b in plan) == 64 and all(b.items >= 1 for b in plan)
+    members = torch.cat([b.shapes for b in plan])
+    assert sorted(members.tolist()) == list(range(200))  # every shape in exactly one bucket
+    for b in plan:
+        assert int(cells[b.shapes].max()) <= b.cells and int(voxels[b.shapes].max()) <= b.rows  # each fits its padding
+        assert abs(b.items - 64 * b.shapes.numel() / 200) < 1  # its share of the batch
+    assert [b.cells for b in plan] == sorted(b.cells for b in plan) and len({b.cells for b in plan}) == len(plan)
+    one = plan_buckets(occ, batch=64, buckets=1)[0]
+    work = lambda p: sum(b.items * (b.cells + 0.15 * b.rows) for b in p)
+    assert work(plan) < 0.8 * work([one])  # less padding than one bucket of the largest shape's size
+    # a batch: each bucket's items in turn, drawn from its own shapes
+    bank = ViewBank(occ, (col * 255).round().to(torch.uint8), torch.zeros(200, 1, 3, 64, 64, dtype=torch.uint8),
+                    torch.zeros(200, 1, 2))
+    o, _, _ = bank.batch(torch.Generator().manual_seed(0), plan)
+    first = 0
+    for b in plan:
+        assert int(_cells(o[first : first + b.items]).max()) <= b.cells
+        first += b.items
+    # a batch too small for a bucket of few shapes merges it with its neighbour
+    assert all(b.items >= 1 for b in plan_buckets(occ, batch=2, buckets=4)) and len(plan_buckets(occ, 2, 4)) <= 2
+
+
+def _cells(occ: torch.Tensor) -> torch.Tensor:
+    return (occ.reshape(occ.shape[0], 8, 2, 8, 2, 8, 2).sum((2, 4, 6)) > 0).flatten(1).sum(1)
+
+
+def test_bucketed_losses_equal_one_padding_for_the_same_draws():
+    from trellis_mv.proxy._fast import fast_losses
+
+    torch.manual_seed(0)
+    models = ProxyModels(ProxyConfig(width=32, heads=2, encoder_layers=1, structure_blocks=1, texture_blocks=1, patch=8,
+                                     voxel_blocks=1))
+    torch.nn.init.normal_(models.texture.out.weight, std=0.5)
+    occ, col = _shapes(40)
+    plan = plan_buckets(occ, batch=12, buckets=3)
+    assert len(plan) > 1
+    bank = ViewBank(occ, (col * 255).round().to(torch.uint8), torch.rand(40, 1, 3, 64, 64).mul(255).to(torch.uint8),
+                    torch.zeros(40, 1, 2))
+    o, c, im = bank.batch(torch.Generator().manual_seed(1), plan)
+    packed = PackedTexture(models.texture)
+    widest = [(12, max(b.cells for b in plan), max(b.rows for b in plan))]
+    texture = {}
+    for name, lay in (("buckets", layout(plan)), ("one", widest)):
+        # the same noise for both: the texture draws are made per bucket, so give each layout one run of items
+        texture[name] = [fast_losses(models, packed, o[i : i + 1], c[i : i + 1], im[i : i + 1],
+                                     torch.Generator().manual_seed(i), [(1, cl, r)], cond_drop=0.0)["texture"]
+                         for i, (cl, r) in enumerate((cl, r) for n, cl, r in lay for _ in range(n))]
+    torch.testing.assert_close(torch.stack(texture["buckets"]), torch.stack(texture["one"]), atol=1e-5, rtol=1e-4)
 
 
 def test_the_fast_step_trains_the_losses_finite_and_falling():
@@ -134,7 +202,7 @@ def test_a_compact_state_resumes_to_float_tolerance(tmp_path):
 def test_the_default_networks_state_fits_the_transfer_limits(tmp_path):
     occ, col = _shapes(1)
     bank = ViewBank(occ, (col * 255).round().to(torch.uint8), torch.zeros(1, 1, 3, 64, 64, dtype=torch.uint8),
-                    torch.zeros(1, 1, 2), max_cells(occ))
+                    torch.zeros(1, 1, 2))
     models = ProxyModels()
     import copy
 

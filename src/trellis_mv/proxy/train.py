@@ -56,7 +56,17 @@ import torch
 import torch.nn.functional as F
 
 from trellis_mv.proxy._data import make_shapes
-from trellis_mv.proxy._fast import PackedTexture, ViewBank, bank_bytes, build_bank, cosine_lr, ema_update, fast_losses
+from trellis_mv.proxy._fast import (
+    PackedTexture,
+    ViewBank,
+    bank_bytes,
+    build_bank,
+    cosine_lr,
+    ema_update,
+    fast_losses,
+    layout,
+    plan_buckets,
+)
 from trellis_mv.proxy._models import ProxyConfig, ProxyModels, encode_structure, save_models
 from trellis_mv.proxy._pipeline import NAMED_VIEWS, input_views
 from trellis_mv.proxy._state import MAX_TOTAL, decode_rng, encode_rng, load_state, save_state, state_exists
@@ -347,15 +357,19 @@ class FastStep:
     """The fast training step: a batch from the :class:`~trellis_mv.proxy._fast.ViewBank`, packed texture
     stage, fused AdamW (on CUDA), foreach EMA, optionally compiled networks; no host sync.
 
-    The losses are accumulated on the device (:attr:`acc`, ``[structure, texture]`` sums over
-    :attr:`count` steps) and read back only by :meth:`read_losses`.
+    The texture stage runs once per bucket of shapes of similar size
+    (:func:`~trellis_mv.proxy._fast.plan_buckets`, at most ``buckets``), each at its own
+    padding. The losses are accumulated on the device (:attr:`acc`, ``[structure, texture]``
+    sums over :attr:`count` steps) and read back only by :meth:`read_losses`.
     """
 
     def __init__(
         self, models: ProxyModels, ema_models: ProxyModels, bank: ViewBank, gen: torch.Generator, batch: int,
-        lr: float, cond_drop: float = 0.1, ema: float = 0.999, compile: bool = False,
+        lr: float, cond_drop: float = 0.1, ema: float = 0.999, compile: bool = False, buckets: int = 4,
     ) -> None:
         self.models, self.ema_models, self.bank, self.gen = models, ema_models, bank, gen
+        self.buckets = plan_buckets(bank.occ, batch, buckets)
+        self.layout = layout(self.buckets)
         self.batch, self.cond_drop, self.ema = batch, cond_drop, ema
         self.dev = bank.occ.device
         self.use_amp = self.dev.type == "cuda"
@@ -369,7 +383,7 @@ class FastStep:
         if compile:
             self.encoder = torch.compile(models.encoder)
             self.structure = torch.compile(models.structure)
-            self.texture = torch.compile(packed)
+            self.texture = torch.compile(packed, dynamic=False)  # one static graph per bucket (at most `buckets`)
         else:
             self.encoder, self.structure, self.texture = models.encoder, models.structure, packed
         self.acc = torch.zeros(2, device=self.dev)
@@ -379,10 +393,10 @@ class FastStep:
         """Train step ``step`` (1-based, for the EMA warm-up) at learning rate ``lr``."""
         for g in self.opt.param_groups:
             g["lr"] = lr
-        occ, col, images = self.bank.batch(self.gen, self.batch)
+        occ, col, images = self.bank.batch(self.gen, self.buckets)
         with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.use_amp):
             parts = fast_losses(
-                self.models, self.texture, occ, col, images, self.gen, self.bank.cells, self.cond_drop,
+                self.models, self.texture, occ, col, images, self.gen, self.layout, self.cond_drop,
                 encoder=self.encoder, structure=self.structure,
             )
         loss = parts["structure"] + parts["texture"]
@@ -454,7 +468,7 @@ def _train_fast(
     config: ProxyConfig | None, init: str | Path | None, state: str | Path | None, state_every: int,
     data_cache: str | Path | None, bank_views: int, bank_cache: str | Path | None, render_chunk: int | None,
     compile: bool, exact_state: bool, wall_limit: float | None, warmup: int | None, stop_at: int | None,
-    voxel_blocks: int | None,
+    voxel_blocks: int | None, buckets: int = 4,
 ) -> dict:
     """The fast run (see :func:`train`)."""
     t0 = time.time()
@@ -483,7 +497,7 @@ def _train_fast(
     bank = build_bank(occ_all, col_all, bank_views, seed, dev, random_views, chunk=chunk, cache=bank_cache, verbose=verbose)
     t_bank = time.time() - t0 - t_data
     gen = torch.Generator(device=dev).manual_seed(seed)
-    fast = FastStep(models, ema_models, bank, gen, batch, lr, cond_drop, ema, compile)
+    fast = FastStep(models, ema_models, bank, gen, batch, lr, cond_drop, ema, compile, buckets)
     warmup = warmup or min(500, max(steps // 20, 1))
     log: list[dict] = []
     first, trained_seconds, commands = 1, 0.0, []
@@ -585,7 +599,7 @@ def _train_fast(
         "config": asdict(models.cfg), "init": None if init is None else Path(init).name,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "compile": compile, "bank": {"views_per_shape": bank_views, "images_bytes": bank_bytes(shapes, bank_views),
-                                     "cells": bank.cells, "setup_seconds": round(t_bank, 1)},
+                                     "buckets": fast.layout, "setup_seconds": round(t_bank, 1)},
         "data_seconds": round(t_data, 1), "seconds": round(time.time() - t0, 1),
         "trained_seconds": round(trained_seconds + seconds_this, 1),
         "examples_per_s_this_command": round((step - first + 1) * batch / max(seconds_this, 1e-9)),
@@ -632,6 +646,7 @@ def train(
     warmup: int | None = None,
     stop_at: int | None = None,
     voxel_blocks: int | None = None,
+    buckets: int = 4,
 ) -> dict:
     """Train (or continue); returns a summary (losses, steps, seconds, ``models``: the EMA) and writes ``out`` if given.
 
@@ -656,6 +671,7 @@ def train(
     :param stop_at: fast step: end this command after this step (the state is written), as a time limit would.
     :param voxel_blocks: fast step: the texture flow's voxel blocks (``ProxyConfig.voxel_blocks``);
         with ``init``, blocks beyond the weights' own are added at identity (:func:`extend_models`).
+    :param buckets: fast step: at most this many paddings of the texture stage (:class:`FastStep`).
     """
     if legacy:
         if voxel_blocks is not None:
@@ -673,7 +689,7 @@ def train(
         time_limit=time_limit, out=out, device=device, workers=workers, log_every=log_every, verbose=verbose,
         config=config, init=init, state=state, state_every=state_every, data_cache=data_cache, bank_views=bank_views,
         bank_cache=bank_cache, render_chunk=render_chunk, compile=compile, exact_state=exact_state,
-        wall_limit=wall_limit, warmup=warmup, stop_at=stop_at, voxel_blocks=voxel_blocks,
+        wall_limit=wall_limit, warmup=warmup, stop_at=stop_at, voxel_blocks=voxel_blocks, buckets=buckets,
     )
 
 
@@ -703,6 +719,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bank-cache", help="fast step: folder keeping the rendered view bank (read if it holds it)")
     p.add_argument("--render-chunk", type=int, help="views per renderer call when building the bank")
     p.add_argument("--compile", action="store_true", help="fast step: torch.compile the three networks")
+    p.add_argument("--buckets", type=int, default=4,
+                   help="fast step: at most this many paddings of the texture stage, shapes grouped by size (1: one for all)")
     p.add_argument("--stop-at", type=int, help="fast step: end this command after this step (the state is written)")
     p.add_argument("--data-cache", help="an .npz file holding the generated shapes (written if missing)")
     p.add_argument("--log-every", type=int, default=50)
@@ -717,8 +735,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = {} if legacy else {
         "state": a.state, "state_every": a.state_every, "exact_state": a.exact_state, "bank_views": a.bank_views,
         "bank_cache": a.bank_cache, "render_chunk": a.render_chunk, "compile": a.compile, "wall_limit": a.wall_limit,
-        "warmup": a.warmup, "stop_at": a.stop_at,
+        "warmup": a.warmup, "stop_at": a.stop_at, "buckets": a.buckets,
     }
+    if a.buckets < 1:
+        p.error(f"--buckets must be >= 1, got {a.buckets}")
     if a.voxel_blocks is not None:
         if legacy:
             p.error("--voxel-blocks is a fast-step option; drop --legacy (or the gpu preset)")
