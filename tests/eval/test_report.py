@@ -116,10 +116,11 @@ def test_every_aggregator_on_one_view_is_one_row_only_when_the_data_say_so(tmp_p
         assert len(at_one) == 1 and at_one[0].startswith("| any aggregator at N = 1 (= single view) | 1 | ")
         assert at_one[0].rstrip().endswith("| = | = | = |")
         assert len([row for row in _section(md, metric) if row.split("|")[2].strip() == "2"]) == 6  # 2 + 2 + mean, best
-    # float rounding of another batch (1e-8 relative) is the same result; 1e-3 on one object is not
+    # float rounding of another batch or kernel (up to 2.5e-5 relative in the H200 table) is the same result;
+    # 1e-3 on one object is not
     for rec in records:
         if rec["aggregator"] == "stochastic" and len(rec["views"]) == 1:
-            rec["metrics"]["chamfer"] *= 1 + 1e-8
+            rec["metrics"]["chamfer"] *= 1 + 3e-5
     _report.write_report(write_run(tmp_path / "rounded", records))
     assert "| any aggregator at N = 1 (= single view) | 1 | " in (tmp_path / "rounded" / "summary.md").read_text()
     for rec in records:
