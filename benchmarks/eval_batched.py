@@ -22,6 +22,10 @@ score (``iou`` here) against ``--compile-tolerance``, and of any score.
     python benchmarks/eval_batched.py --device cuda --objects 200 --views 1 4 --per-job-limit 120 --compile \
         --out benchmarks/results/eval_batched_H200.md
     python benchmarks/eval_batched.py --device cpu --objects 2 --views 1 --per-job-limit 4   # smallest
+
+``--precision bf16`` runs the proxy's networks under bfloat16 autocast on every path (per job,
+batched, compiled, forwards alone) and adds the fp32 batched path's rate and the difference of
+the main score between the two, job by job.
 """
 
 from __future__ import annotations
@@ -52,13 +56,14 @@ def _sync(device: str) -> None:
 
 def _timed_eval(
     args: argparse.Namespace, out: Path, batch: int, max_jobs: int | None, adapter: object = None, warm_all: bool = False,
+    precision: str | None = None,
 ) -> tuple[float, dict[str, dict]]:
     from trellis_mv.eval import evaluate
 
     params = {"sparse_structure": {"steps": args.steps}, "texture": {"steps": args.steps}}
     common = dict(dataset="proxy", first_object=args.first_object, objects=args.objects, views=args.views,
                   aggregators=args.aggregators, seeds=1, params=params, device=args.device, progress=False, report=False,
-                  adapter=adapter)
+                  adapter=adapter, precision=(precision or args.precision) if adapter is None else None)
     warm = common if warm_all else {**common, "objects": 1}  # compiled networks meet every shape before the timing
     evaluate(out=out / "warm", **warm, batch=batch, max_jobs=None if warm_all else 2)  # load, allocate, compile
     _sync(args.device)
@@ -83,7 +88,7 @@ def _compiled(args: argparse.Namespace, root: Path, variant: str, eager: dict[st
     from trellis_mv.eval._report import main_metric
 
     torch._dynamo.reset()  # no compiled code or recompile count carried over from another variant
-    adapter = load_adapter("proxy", device=args.device)
+    adapter = load_adapter("proxy", device=args.device, precision=args.precision)
     models = adapter.models  # type: ignore[attr-defined]
     if variant == "cudagraphs":
         models.structure = torch.compile(models.structure, mode="reduce-overhead")
@@ -120,7 +125,7 @@ def _forward_only(args: argparse.Namespace, recs: dict[str, dict]) -> float:
     for rec in recs.values():
         key = (rec["timing"]["batch"], len(rec["views"]))
         groups[key] = groups.get(key, 0) + 1
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
         for (batch, views), jobs in groups.items():
             rows = batch * (views + 1)  # every view of every object, and the negative, in one forward
             cond = torch.randn(rows, tokens, width, device=dev)
@@ -153,6 +158,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time the batched path with torch.compile'd networks")
     p.add_argument("--compile-tolerance", type=float, default=1e-3,
                    help="largest difference of the main score to the eager batched run for a compiled run to agree")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="the proxy networks' precision on every path (bf16: also the fp32 batched path, for its scores)")
     p.add_argument("--out", type=Path, default=None, help="write the numbers as Markdown here (and JSON beside)")
     args = p.parse_args()
     if args.threads:
@@ -163,11 +170,12 @@ def main() -> None:
         per_job_rate, per_job = _timed_eval(args, root / "per_job", 1, args.per_job_limit)
         variants = ["compile"] + (["cudagraphs"] if args.device.startswith("cuda") else []) if args.compile else []
         compiled = [_compiled(args, root, v, batched) for v in variants]
+        reference = _timed_eval(args, root / "fp32", args.batch, None, precision="fp32") if args.precision != "fp32" else None
     forward_rate = _forward_only(args, batched)
     diff = _score_difference(per_job, batched)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
     res = {"device": name, "jobs": len(batched), "objects": args.objects, "views": args.views,
-           "aggregators": args.aggregators, "steps": args.steps, "batch": args.batch,
+           "aggregators": args.aggregators, "steps": args.steps, "batch": args.batch, "precision": args.precision,
            "per_job_jobs": len(per_job), "per_job_jobs_per_s": per_job_rate, "batched_jobs_per_s": batched_rate,
            "forward_only_jobs_per_s": forward_rate, "batched_over_per_job": batched_rate / per_job_rate,
            "batched_over_forward_only": batched_rate / forward_rate, "largest_score_difference": diff,
@@ -175,7 +183,8 @@ def main() -> None:
                         for c in compiled]}
     lines = [f"# Evaluation throughput, per-job and batched ({name})", "",
              f"{len(batched)} jobs ({args.objects} held-out proxy objects from #{args.first_object}, views {args.views}, "
-             f"{' '.join(args.aggregators)} + single-view baselines, {args.steps} steps a stage), batch {args.batch}; "
+             f"{' '.join(args.aggregators)} + single-view baselines, {args.steps} steps a stage), batch {args.batch}, "
+             f"networks in {args.precision} on every path; "
              f"the per-job path timed on {len(per_job)} of them.", "",
              "| path | jobs/s |", "|---|---|",
              f"| per job (one sampler run each) | {per_job_rate:.2f} |",
@@ -193,10 +202,24 @@ def main() -> None:
                          f"({'agrees' if c['agrees'] else 'DIFFERS' + ('' if c['same_jobs'] else ', other jobs')}) | "
                          f"{c['largest_score_difference']:.2e} |")
         lines.append("")
+    if reference is not None:
+        from trellis_mv.eval._report import main_metric
+
+        rate32, recs32 = reference
+        main = main_metric(sorted({m for r in batched.values() for m in r["metrics"]}))
+        keys = sorted(batched.keys() & recs32.keys())
+        shift = sum(batched[k]["metrics"][main] - recs32[k]["metrics"][main] for k in keys) / len(keys)
+        res["fp32_batched"] = {"jobs_per_s": rate32, "over": batched_rate / rate32, "main_score": main,
+                               "mean_main_score_difference": shift,
+                               "largest_main_score_difference": _score_difference(batched, recs32, main)}
+        lines += [f"The batched path in fp32, same run: {rate32:.1f} jobs/s ({args.precision} is "
+                  f"{batched_rate / rate32:.2f}x); {main} of {args.precision} minus fp32, mean over the {len(keys)} jobs: "
+                  f"{shift:+.2e}, largest on one job: {res['fp32_batched']['largest_main_score_difference']:.2e}.", ""]
     tolerance = f" --compile-tolerance {args.compile_tolerance:g}" if args.compile and args.compile_tolerance != 1e-3 else ""
     lines.append(f"Command: `python benchmarks/eval_batched.py --device {args.device} --objects {args.objects} --views "
                  f"{' '.join(map(str, args.views))} --batch {args.batch} --per-job-limit {args.per_job_limit}"
-                 f"{f' --steps {args.steps}' if args.steps != 12 else ''}{' --compile' if args.compile else ''}{tolerance}`")
+                 f"{f' --steps {args.steps}' if args.steps != 12 else ''}{' --compile' if args.compile else ''}{tolerance}"
+                 f"{f' --precision {args.precision}' if args.precision != 'fp32' else ''}`")
     emit(lines, res, args.out)
 
 

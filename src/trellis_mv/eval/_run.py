@@ -57,11 +57,12 @@ class Generation:
 
 # ------------------------------------------------------------------------------------------
 # the model: the only functions that know how a model is loaded, run and rendered
-def _load_adapter(model: str, device: str) -> Any:
+def _load_adapter(model: str, device: str, precision: str | None = None) -> Any:
     """The adapter of ``model``: ``"proxy"``, or a TRELLIS.2 / TRELLIS hub id or local folder."""
     from trellis_mv import load_adapter
 
-    return load_adapter(model, device=device)
+    options: dict[str, Any] = {} if precision is None else {"precision": precision}
+    return load_adapter(model, device=device, **options)
 
 
 def _stage_spec(spec: str) -> tuple[str, dict[str, str] | None]:
@@ -455,6 +456,7 @@ def evaluate(
     batch: int | None = None,
     wrong_view: str | None = None,
     mesh_workers: int | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate aggregators on a data set; write results under ``out`` and, on rank 0, the tables.
 
@@ -485,6 +487,9 @@ def evaluate(
         next chunk samples (default 0: in this process, which measured faster than a pool so
         far). The results do not depend on it. Workers are spawned: a script that
         calls :func:`evaluate` with them needs the usual ``if __name__ == "__main__":`` guard.
+    :param precision: the proxy's networks: ``"fp32"`` (the default) or ``"bf16"`` (autocast,
+        several times faster on a GPU; :class:`~trellis_mv.proxy.ProxyAdapter`). Part of the
+        configuration: a folder is resumed only at its own precision.
     :returns: ``{"jobs": total, "ran": by this rank, "pending": left, "report": paths or None}``.
     """
     where = where or placement()
@@ -499,7 +504,10 @@ def evaluate(
         raise ValueError(f"--max-jobs {max_jobs}: must be >= 0")
     if device != "auto":
         check_device(device)
+    if precision is not None:
+        _check_precision(precision, model, adapter)
     model_name = model if adapter is None else traits(adapter).name
+    precision = getattr(adapter, "precision", "fp32") if adapter is not None else (precision or "fp32")
     ids = ds.object_ids()
     for oid in ids:  # a broken object is named before any model work
         getattr(ds, "check", lambda _: None)(oid)
@@ -514,11 +522,27 @@ def evaluate(
     config = {"model": model_name, "dataset": ds.describe(), "views": counts, "aggregators": specs, "seeds": seeds,
               "params": json.loads(json.dumps(params or {}, default=list)), "max_batch": max_batch,
               "batch": _batch_size(run_device, batch, max_batch, max(counts), out),
+              **({"precision": precision} if precision != "fp32" else {}),  # folders of before it read as fp32
               **({"inputs": {oid: fingerprint(oid) for oid in ids}} if fingerprint is not None else {})}
     with write_lock(out) if where.world_size == 1 else contextlib.nullcontext():  # the ranks of one run share it
         return _evaluate(out, ds, config, ids, params=params, adapter=adapter, model=model, device=run_device,
                          where=where, max_jobs=max_jobs, progress=progress, report=report, wait_seconds=wait_seconds,
                          spread_views=spread_views, workers=workers)
+
+
+def _check_precision(precision: str, model: str, adapter: Any) -> None:
+    """Refuse a precision the proxy has not, one for another model, or one beside a built adapter."""
+    from trellis_mv.proxy import PRECISIONS
+
+    if adapter is not None:
+        raise ValueError("precision is how evaluate loads the model: pass it to the adapter you built instead "
+                         "(ProxyAdapter(precision=...)), or leave out the adapter")
+    if model != "proxy":
+        raise ValueError(f"--precision is the proxy model's option; {model!r} runs in its pipeline's own dtype: "
+                         "drop --precision")
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}: fp32 (exact) or bf16 "
+                         "(faster on a GPU)")
 
 
 def _evaluate(out: Path, ds: Dataset, config: dict[str, Any], ids: list[str], *,
@@ -552,7 +576,7 @@ def _evaluate(out: Path, ds: Dataset, config: dict[str, Any], ids: list[str], *,
                   flush=True)
         ran = 0
         if todo and max_jobs != 0:
-            adapter = adapter if adapter is not None else _load_adapter(model, device)
+            adapter = adapter if adapter is not None else _load_adapter(model, device, config.get("precision"))
             ran = _work(adapter, ds, todo, set(done), store, where, share, len(jobs), params, max_batch, progress, group,
                         max_jobs, workers)
     left = len(pending(jobs, store.done()))

@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         seeds=args.seeds, first_object=args.first_object, objects=args.objects, params=_stage_params(args),
         max_batch=args.max_batch, device=args.device, max_jobs=args.max_jobs, progress=not args.quiet,
         report=not args.no_report, spread_views=args.spread_views, batch=args.batch, wrong_view=args.wrong_view,
-        mesh_workers=args.mesh_workers,
+        mesh_workers=args.mesh_workers, precision=args.precision,
     )
     from trellis_mv.eval._jobs import placement
     from trellis_mv.eval._report import DEFAULT_MIN_EFFECT, write_report
@@ -133,6 +133,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if there is CUDA), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of each process")
     p.add_argument("--max-batch", type=int, default=None, help="at most this many latent rows per model forward")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
+                   help="the proxy's networks: fp32 (default, exact) or bf16 autocast (several times faster on a GPU)")
     p.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs of each rank (then resume)")
     for name in SAMPLER_PARAMS:
         p.add_argument(f"--{name.replace('_', '-')}", action="append", default=None, metavar="[STAGE=]VALUE",

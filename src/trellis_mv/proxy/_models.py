@@ -234,7 +234,7 @@ class StructureFlow(nn.Module):
         tok = x.reshape(b, c, r, p, r, p, r, p).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, r**3, c * p**3)
         h = self.trunk(self.inp(tok) + self.pos, t, cond)
         out = self.out(h).reshape(b, r, r, r, c, p, p, p).permute(0, 4, 1, 5, 2, 6, 3, 7)
-        return out.reshape(x.shape)
+        return out.reshape(x.shape).to(x.dtype)  # in x's dtype under autocast too, as the texture flow's
 
 
 class TextureFlow(nn.Module):
