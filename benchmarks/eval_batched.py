@@ -24,8 +24,9 @@ score (``iou`` here) against ``--compile-tolerance``, and of any score.
     python benchmarks/eval_batched.py --device cpu --objects 2 --views 1 --per-job-limit 4   # smallest
 
 ``--precision bf16`` runs the proxy's networks under bfloat16 autocast on every path (per job,
-batched, compiled, forwards alone) and adds the fp32 batched path's rate and the difference of
-the main score between the two, job by job.
+batched, compiled, forwards alone) and adds the same two paths in fp32: their rates, the
+batched bf16 rate over the faster per-job path (autocast slows a small forward), and the
+difference of the main score between bf16 and fp32, job by job.
 """
 
 from __future__ import annotations
@@ -170,7 +171,9 @@ def main() -> None:
         per_job_rate, per_job = _timed_eval(args, root / "per_job", 1, args.per_job_limit)
         variants = ["compile"] + (["cudagraphs"] if args.device.startswith("cuda") else []) if args.compile else []
         compiled = [_compiled(args, root, v, batched) for v in variants]
-        reference = _timed_eval(args, root / "fp32", args.batch, None, precision="fp32") if args.precision != "fp32" else None
+        reference = None if args.precision == "fp32" else (
+            _timed_eval(args, root / "fp32", args.batch, None, precision="fp32"),
+            _timed_eval(args, root / "fp32_per_job", 1, args.per_job_limit, precision="fp32")[0])
     forward_rate = _forward_only(args, batched)
     diff = _score_difference(per_job, batched)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
@@ -205,15 +208,19 @@ def main() -> None:
     if reference is not None:
         from trellis_mv.eval._report import main_metric
 
-        rate32, recs32 = reference
+        (rate32, recs32), per_job32 = reference
+        fastest = max(per_job_rate, per_job32)
         main = main_metric(sorted({m for r in batched.values() for m in r["metrics"]}))
         keys = sorted(batched.keys() & recs32.keys())
         shift = sum(batched[k]["metrics"][main] - recs32[k]["metrics"][main] for k in keys) / len(keys)
+        res["fp32"] = {"per_job_jobs_per_s": per_job32, "batched_over_fastest_per_job": batched_rate / fastest}
         res["fp32_batched"] = {"jobs_per_s": rate32, "over": batched_rate / rate32, "main_score": main,
                                "mean_main_score_difference": shift,
                                "largest_main_score_difference": _score_difference(batched, recs32, main)}
-        lines += [f"The batched path in fp32, same run: {rate32:.1f} jobs/s ({args.precision} is "
-                  f"{batched_rate / rate32:.2f}x); {main} of {args.precision} minus fp32, mean over the {len(keys)} jobs: "
+        lines += [f"The same paths in fp32, same run: per job {per_job32:.2f} jobs/s, batched {rate32:.1f} "
+                  f"({args.precision} batched is {batched_rate / rate32:.2f}x that). Batched in {args.precision} over the faster "
+                  f"per-job path ({'fp32' if per_job32 >= per_job_rate else args.precision}): "
+                  f"**{batched_rate / fastest:.1f}x**. {main} of {args.precision} minus fp32, mean over the {len(keys)} jobs: "
                   f"{shift:+.2e}, largest on one job: {res['fp32_batched']['largest_main_score_difference']:.2e}.", ""]
     tolerance = f" --compile-tolerance {args.compile_tolerance:g}" if args.compile and args.compile_tolerance != 1e-3 else ""
     lines.append(f"Command: `python benchmarks/eval_batched.py --device {args.device} --objects {args.objects} --views "
