@@ -46,6 +46,9 @@ class _Run:
     step: int = -1
     in_step: bool = False
     state: dict[str, Any] = field(default_factory=dict)
+    #: inside ``sampler.sample`` on a GPU: each step's "prediction is finite" flag, left on the device and
+    #: read once when the run ends (a read per step would stall the GPU at every step)
+    finite: list[tuple[Any, str]] | None = None
 
 
 @dataclass
@@ -269,9 +272,12 @@ def patch_sampler(
                     f"max_batch={max_batch} is smaller than the {int(noise.shape[0])} samples drawn at once{where}; "
                     "one forward holds every sample of a view, so raise max_batch or draw fewer samples"
                 )
+        run.finite = []
         local.run = run
         try:
-            return orig_sample(*args, **kwargs)
+            out = orig_sample(*args, **kwargs)
+            _check_finite_steps(agg, run.finite)
+            return out
         finally:
             local.run = previous
 
@@ -304,7 +310,7 @@ def patch_sampler(
             if error is None:
                 raise
             raise error from exc
-        _check_prediction(agg, x_t, pred, f"{where}, step {run.step} (t={float(t):.4f})")
+        _check_prediction(agg, x_t, pred, f"{where}, step {run.step} (t={float(t):.4f})", run.finite)
         record = StepRecord(
             run=run.index, step=run.step, t=float(t), views=tuple(sorted(counter.views)),
             forwards=counter.forwards, rows=counter.rows,
@@ -373,7 +379,13 @@ def _raised_by(agg: Any, exc: Exception, where: str) -> AggregatorError | None:
                            aggregator=name)
 
 
-def _check_prediction(agg: Aggregator, x_t: Any, pred: Any, where: str) -> None:
+#: Devices on which a run's finiteness checks are read once at its end rather than at every step.
+DEFERRED_DEVICES = frozenset({"cuda"})
+
+
+def _check_prediction(agg: Aggregator, x_t: Any, pred: Any, where: str, deferred: list[tuple[Any, str]] | None = None
+                      ) -> None:
+    """The prediction's shape, now; that it is finite, now or (on a GPU inside a run: ``deferred``) when the run ends."""
     if T.is_sparse(x_t):
         ok = T.is_sparse(pred) and tuple(pred.feats.shape) == tuple(x_t.feats.shape)
         got = f"{type(pred).__name__} with feats {tuple(pred.feats.shape)}" if T.is_sparse(pred) else repr(type(pred))
@@ -388,9 +400,27 @@ def _check_prediction(agg: Aggregator, x_t: Any, pred: Any, where: str) -> None:
             aggregator=agg.name,
         )
     values = T.feats(pred)
-    if values.is_floating_point() and not bool(torch.isfinite(values).all()):
-        raise AggregatorError(
-            f"the prediction{where} holds NaN or Inf (aggregator {agg.name!r}); check the views, the sampler "
-            "parameters and the model's dtype",
-            aggregator=agg.name,
-        )
+    if not values.is_floating_point():
+        return
+    if deferred is not None and values.device.type in DEFERRED_DEVICES:
+        deferred.append((torch.isfinite(values).all(), where))
+    elif not bool(torch.isfinite(values).all()):
+        raise _not_finite(agg, where)
+
+
+def _not_finite(agg: Aggregator, where: str) -> AggregatorError:
+    return AggregatorError(
+        f"the prediction{where} holds NaN or Inf (aggregator {agg.name!r}); check the views, the sampler "
+        "parameters and the model's dtype",
+        aggregator=agg.name,
+    )
+
+
+def _check_finite_steps(agg: Aggregator, flags: list[tuple[Any, str]] | None) -> None:
+    """Raise for the first step whose deferred finiteness flag is false (one read for the whole run)."""
+    if not flags:
+        return
+    ok = torch.stack([f for f, _ in flags]).cpu().tolist()
+    for good, where in zip(ok, flags, strict=True):
+        if not good:
+            raise _not_finite(agg, where[1])

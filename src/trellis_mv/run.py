@@ -268,8 +268,10 @@ def _plan(
     adapter: Adapter, images: Sequence[Any], *, mode: StageSpec, stages: Mapping[str, StageSpec] | None,
     weights: Sequence[float] | None, max_batch: int | None, params: Mapping[str, Any] | None, seed: int,
     num_samples: int, cameras: Sequence[Any] | None, registry: Registry | None,
+    aggregators: dict[str, Aggregator] | None = None,
 ) -> _Plan:
-    """Every check of a run, in one place, before any model work."""
+    """Every check of a run, in one place, before any model work (``aggregators``: the stages' already
+    resolved from ``mode`` and ``stages``, when several runs share them)."""
     info = traits(adapter)
     names, aliases, dialect = info.stage_names, info.stage_aliases, info.dialect
     seed = check_seed(seed)
@@ -291,7 +293,8 @@ def _plan(
     n = len(views)
     norm_weights = normalise_weights(weights, n) if weights is not None else None
     norm_cameras = normalise_cameras(cameras, n, info.named_cameras)
-    aggregators = plan_stages(names, mode, stages, aliases, registry=registry)
+    if aggregators is None:
+        aggregators = plan_stages(names, mode, stages, aliases, registry=registry)
     for agg in aggregators.values():
         check_views(agg, n, norm_cameras or ())
     return _Plan(views, aggregators, checked, norm_weights, norm_cameras, seed, num_samples, max_batch)
@@ -504,10 +507,12 @@ def run_many(
     if cameras is not None and len(cameras) != len(image_sets):
         raise ParameterError(f"cameras has {len(cameras)} entries but there are {len(image_sets)} objects; give one "
                              "list (or None) per object")
-    plans = [_plan(adapter, images, mode=mode, stages=stages, weights=None, max_batch=max_batch, params=params,
-                   seed=seed, num_samples=1, cameras=None if cameras is None else cameras[b], registry=registry)
-             for b, (images, seed) in enumerate(zip(image_sets, seeds))]
-    first = plans[0]
+    first = _plan(adapter, image_sets[0], mode=mode, stages=stages, weights=None, max_batch=max_batch, params=params,
+                  seed=seeds[0], num_samples=1, cameras=None if cameras is None else cameras[0], registry=registry)
+    plans = [first] + [_plan(adapter, images, mode=mode, stages=stages, weights=None, max_batch=max_batch, params=params,
+                             seed=seed, num_samples=1, cameras=None if cameras is None else cameras[b], registry=registry,
+                             aggregators=first.aggregators)  # one resolution for the batch: they run one patch
+                       for b, (images, seed) in enumerate(zip(image_sets, seeds)) if b > 0]
     if max_batch is not None and max_batch < len(plans):
         raise ParameterError(f"max_batch={max_batch} is smaller than the {len(plans)} objects: one forward holds every "
                              "object of a view, so raise max_batch or give fewer objects")

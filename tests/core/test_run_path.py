@@ -160,6 +160,27 @@ def test_non_finite_views_and_predictions_name_the_stage_and_step():
     assert all("sample" not in vars(s) for s in pipe.samplers.values())
 
 
+def test_on_a_gpu_a_non_finite_prediction_is_read_at_the_end_of_the_run_and_names_its_first_step(monkeypatch):
+    import trellis_mv._patch as patch_module
+
+    monkeypatch.setattr(patch_module, "DEFERRED_DEVICES", frozenset({"cpu"}))  # the GPU's path, on the CPU
+    steps: list[int] = []
+
+    class Exploding:
+        name = "exploding"
+
+        def __call__(self, step):
+            steps.append(step.index)
+            pred = step.guide(step.fuse(step.predict()))
+            return pred * float("inf") if step.index in (2, 3) else pred
+
+    pipe = TwoStage()
+    with pytest.raises(AggregatorError, match=r"prediction in stage 'sparse_structure', step 2 \(t=.*\) holds NaN or Inf"):
+        run_multi_image(pipe, _views(2), mode=Exploding(), params={"sparse_structure": {"steps": 6}})
+    assert steps == [0, 1, 2, 3, 4, 5]  # the stage ran to its end (no read inside it), the next did not start
+    assert all("sample" not in vars(s) for s in pipe.samplers.values())
+
+
 def test_stages_sharing_a_sampler_share_one_patch():
     pipe = TwoStage(shared=True)
     patches = run_multi_image(pipe, _views(1), mode="stochastic").patches

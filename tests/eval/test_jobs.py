@@ -47,8 +47,9 @@ def test_a_torn_last_line_is_ignored_and_the_next_record_starts_a_new_line(tmp_p
     with open(store.path(0), "a") as f:
         f.write('{"key": "b", "x"')  # killed mid-write
     assert list(store.done()) == ["a"]
-    store.append(0, {"key": "b", "x": 2})
-    assert {k: v["x"] for k, v in store.done().items()} == {"a": 1, "b": 2}
+    store.append(0, {"key": "b", "x": 2}, {"key": "c", "x": 3})  # a chunk's records, one sync
+    assert {k: v["x"] for k, v in store.done().items()} == {"a": 1, "b": 2, "c": 3}
+    assert len(store.path(0).read_text().splitlines()) == 4  # a, the torn line, b, c
     assert pending([Job("a", "m", ("v",), 0)], {"a|m|v|0": {}}) == []
     assert all(json.loads(line)["done"] for line in store.path(0).read_text().splitlines() if line.endswith("}"))
 

@@ -160,15 +160,18 @@ class ResultStore:
         """Finished lines over all ranks (cheap; for progress)."""
         return sum(_read(f).count(b"\n") for f in self.files())
 
-    def append(self, rank: int, record: dict[str, Any]) -> None:
-        """Write one finished job as one line, flushed and synced before returning."""
+    def append(self, rank: int, *records: dict[str, Any]) -> None:
+        """Write finished jobs, one line each, flushed and synced once before returning (a line is whole or,
+        torn by a kill, skipped when read)."""
+        if not records:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.path(rank)
-        line = json.dumps({**record, "done": True}, sort_keys=True) + "\n"
+        lines = "".join(json.dumps({**record, "done": True}, sort_keys=True) + "\n" for record in records)
         with open(path, "ab") as f:
             if f.tell() and not _ends_with_newline(path):
-                line = "\n" + line  # after a torn line: start a fresh one
-            f.write(line.encode())
+                lines = "\n" + lines  # after a torn line: start a fresh one
+            f.write(lines.encode())
             f.flush()
             os.fsync(f.fileno())
 

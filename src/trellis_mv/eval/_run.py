@@ -662,14 +662,16 @@ def _work(adapter: Any, ds: Dataset, chunks: list[list[Job]], done: set[str], st
 
     def write(until_ready: bool) -> None:  # the finished records, in order; all of them unless until_ready
         nonlocal written
+        ready = []
         while waiting and (not until_ready or waiting[0].ready() or len(waiting) > most_waiting):
             record = waiting.popleft().record()
             record["finished_at"] = round(time.time(), 3)  # for throughput; not part of any table
             record["device"] = device_name
-            if group is None or where.rank == 0:  # views spread over the ranks: every rank holds the same result
-                store.append(where.rank, record)
-            written += 1
-            bar.update(1)
+            ready.append(record)
+        if group is None or where.rank == 0:  # views spread over the ranks: every rank holds the same result
+            store.append(where.rank, *ready)  # one sync for them all
+        written += len(ready)
+        bar.update(len(ready))
 
     failed = True
     try:
