@@ -92,6 +92,19 @@ def _eval_speed() -> dict[str, Any]:
     return {**data, "date": _git_date(EVAL_SPEED)}
 
 
+def _eval_speed_line(e: dict[str, Any]) -> str:
+    """The batched and per-job rates of ``eval_batched.py``'s JSON, with the fp32 paths beside a bf16 run's."""
+    if "fp32" in e:  # --precision bf16: the fp32 paths ran too, and the faster per-job path is the baseline
+        per32, rate32 = e["fp32"]["per_job_jobs_per_s"], e["fp32_batched"]["jobs_per_s"]
+        return (f"batched, {rate32:.0f} jobs/s in fp32 and {e['batched_jobs_per_s']:.0f} with `--precision "
+                f"{e['precision']}`, against {per32:.1f} one sampler run per job in fp32 (the faster per-job precision): "
+                f"{rate32 / per32:.1f}x and {e['fp32']['batched_over_fastest_per_job']:.1f}x, side by side in one run")
+    return (f"{e['batched_jobs_per_s']:.0f} jobs/s batched against {e['per_job_jobs_per_s']:.1f} one sampler run per job "
+            f"({e['batched_over_per_job']:.0f}x), {e['batched_over_forward_only']:.0%} of the model's forwards-only rate"
+            + "".join(f", {c['jobs_per_s']:.0f} with `torch.compile` ({c['over_eager_batched']:.2f}x)"
+                      for c in e.get("compiled", []) if c.get("variant") == "compile" and "jobs_per_s" in c))
+
+
 def _app_timing() -> dict[str, float | str]:
     text = APP_TIMING.read_text()
     return {"start": float(re.search(r"first page served: ([\d.]+) s", text)[1]),
@@ -126,11 +139,7 @@ def readme_measured() -> str:
         f"surface the front hides by {f['hidden']:+.2f}; at 4 views, paired against multidiffusion, `{f['best']}` "
         f"gains {f['best_diff']:+.4f} IoU and `{f['worst']}` loses {f['worst_diff']:+.3f} (intervals and p-values "
         "in the table; `docs/proxy.rst` says how far the proxy carries).",
-        f"- The evaluation harness, one {e['device']}, {e['date']} (`{_rel(EVAL_SPEED)}`): "
-        f"{e['batched_jobs_per_s']:.0f} jobs/s batched against {e['per_job_jobs_per_s']:.1f} one sampler run per job "
-        f"({e['batched_over_per_job']:.0f}x), {e['batched_over_forward_only']:.0%} of the model's forwards-only rate"
-        + "".join(f", {c['jobs_per_s']:.0f} with `torch.compile` ({c['over_eager_batched']:.2f}x)"
-                  for c in e.get("compiled", []) if c.get("variant") == "compile" and "jobs_per_s" in c)
+        f"- The evaluation harness, one {e['device']}, {e['date']} (`{_rel(EVAL_SPEED)}`): " + _eval_speed_line(e)
         + f"; the table above ({f['shapes'] * f['seeds'] * 28:,} jobs) ran in one command.",
         f"- The app, proxy model, 4 photos, 12 steps a stage, 2-core CPU, {a['date']} (`{_rel(APP_TIMING)}`): "
         f"ready in {a['start']:.1f} s, a run {a['run']:.1f} s from click to result ({a['alone']:.1f} s without the app).",
