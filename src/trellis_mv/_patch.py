@@ -421,6 +421,6 @@ def _check_finite_steps(agg: Aggregator, flags: list[tuple[Any, str]] | None) ->
     if not flags:
         return
     ok = torch.stack([f for f, _ in flags]).cpu().tolist()
-    for good, where in zip(ok, flags, strict=True):
+    for good, (_, where) in zip(ok, flags, strict=True):
         if not good:
-            raise _not_finite(agg, where[1])
+            raise _not_finite(agg, where)

@@ -532,7 +532,7 @@ def evaluate(
 
 def _check_precision(precision: str, model: str, adapter: Any) -> None:
     """Refuse a precision the proxy has not, one for another model, or one beside a built adapter."""
-    from trellis_mv.proxy import PRECISIONS
+    from trellis_mv.proxy import check_precision
 
     if adapter is not None:
         raise ValueError("precision is how evaluate loads the model: pass it to the adapter you built instead "
@@ -540,9 +540,7 @@ def _check_precision(precision: str, model: str, adapter: Any) -> None:
     if model != "proxy":
         raise ValueError(f"--precision is the proxy model's option; {model!r} runs in its pipeline's own dtype: "
                          "drop --precision")
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}: fp32 (exact) or bf16 "
-                         "(faster on a GPU)")
+    check_precision(precision)
 
 
 def _evaluate(out: Path, ds: Dataset, config: dict[str, Any], ids: list[str], *,

@@ -32,6 +32,7 @@ from trellis_mv.proxy._pipeline import (
     ProxyAdapter,
     ProxyResult,
     View,
+    check_precision,
     default_weights,
     example_images,
     input_views,
@@ -45,9 +46,9 @@ from trellis_mv.voxels import mesh_from_voxels as mesh_from_voxels
 
 __all__ = [
     "COMPONENTS", "DEFAULT_PARAMS", "GRID", "HELD_OUT_SEED", "NAMED_VIEWS", "PALETTE", "PRECISIONS", "STAGES", "VIEW_SETS",
-    "ProxyAdapter", "ProxyConfig", "ProxyModels", "ProxyResult", "Shape", "View", "default_weights", "example_images",
-    "input_views", "load_models", "make_shape", "make_shapes", "palette_index", "preprocess", "render", "save_models",
-    "visible_faces",
+    "ProxyAdapter", "ProxyConfig", "ProxyModels", "ProxyResult", "Shape", "View", "check_precision", "default_weights",
+    "example_images", "input_views", "load_models", "make_shape", "make_shapes", "palette_index", "preprocess", "render",
+    "save_models", "visible_faces",
 ]
 
 #: The scores that moved to the harness (an adapter does not import it): old name here -> name in trellis_mv.eval.

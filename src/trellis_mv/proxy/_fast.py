@@ -165,7 +165,7 @@ def fast_losses(
 
     :param texture: a :class:`PackedTexture` (or its compiled form).
     :param layout: ``(items, cells, rows)`` of each consecutive run of batch items
-        (:meth:`ViewBank.layout`; one ``(B, cells, rows)`` for a batch of one padding): its
+        (:func:`layout` of the batch's buckets; one ``(B, cells, rows)`` for a batch of one padding): its
         texture stage packs them into ``cells`` slots and ``rows`` voxel rows (at least the
         most occupied cells and voxels of its items).
     :param encoder: the image encoder to call (default ``models.encoder``; a compiled one may be passed).

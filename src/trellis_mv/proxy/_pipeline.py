@@ -38,12 +38,22 @@ from trellis_mv.sparse import SparseTensor
 
 __all__ = [
     "DEFAULT_PARAMS", "NAMED_VIEWS", "PRECISIONS", "STAGES", "VIEW_SETS", "ProxyAdapter", "ProxyResult", "View",
-    "default_weights", "example_images", "input_views", "preprocess", "render", "visible_faces",
+    "check_precision", "default_weights", "example_images", "input_views", "preprocess", "render", "visible_faces",
 ]
 
 STAGES = ("sparse_structure", "texture")
 #: The networks' precisions (:class:`ProxyAdapter`'s ``precision``).
 PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a :class:`~trellis_mv.ParameterError` naming them."""
+    if precision not in PRECISIONS:
+        raise ParameterError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}: use fp32 (exact) "
+                             "or bf16 (faster on a GPU)")
+    return precision
+
+
 #: Per-stage sampler parameters, in TRELLIS.2's style.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     stage: {"steps": 12, "guidance_strength": 3.0, "guidance_rescale": 0.7, "rescale_t": 3.0, "guidance_interval": (0.0, 1.0)}
@@ -124,10 +134,7 @@ class ProxyAdapter:
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", models: ProxyModels | None = None,
                  verbose: bool = False, precision: str = "fp32") -> None:
-        if precision not in PRECISIONS:
-            raise ParameterError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}: use fp32 (exact) "
-                                 "or bf16 (faster on a GPU)")
-        self.precision = precision
+        self.precision = check_precision(precision)
         self.device = torch.device(device)
         if models is None:
             models = load_models(weights or default_weights(), self.device)
