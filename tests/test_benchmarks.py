@@ -42,7 +42,7 @@ _IOU1 = _table_mean("multidiffusion", 1, "iou")
 #: script -> what its smallest configuration must print (a check that can fail, beyond running)
 EXPECT = {
     "eval_mesh_workers.py": "the same jobs: True; largest score difference: 0.",  # the pool changes no score
-    "proxy_fidelity.py": "IoU reference points: random other shape 0.",  # drawn in worker processes
+    "proxy_fidelity.py": "| perfect, sampling | ",  # drawn in worker processes
     # a run against itself: the table's own mean on both sides, no difference
     "paired_runs.py": f"| 1 | iou | {_IOU1:.4f} | {_IOU1:.4f} | +0.0000 [+0.0000, +0.0000] | ",
     "proxy_capacity.py": "| ceiling: the truth's own latents, decoded | 1.000 (",  # the scores' own ceiling is 1
@@ -69,3 +69,13 @@ def test_the_smallest_configuration_runs(script: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stdout.strip()
     assert EXPECT.get(script, "") in done.stdout, done.stdout[-2000:]
+
+
+def test_fidelity_reads_a_committed_table_instead_of_generating(tmp_path: Path) -> None:
+    done = _run(["benchmarks/proxy_fidelity.py", "--results", "benchmarks/results/proxy_table_H200",
+                 "--reference-samples", "0"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for views in (1, 4):  # per-object means over seeds, then over objects: the table's mean (every object has 3 seeds)
+        assert f"{_table_mean('multidiffusion', views, 'hidden_color_acc_seen'):.3f}" in done.stdout
+    done = _run(["benchmarks/proxy_fidelity.py", "--results", str(tmp_path), "--reference-samples", "0"], tmp_path)
+    assert done.returncode != 0 and "no object with multidiffusion results at both 1 and 4 views" in done.stderr

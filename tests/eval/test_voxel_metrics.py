@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from trellis_mv import camera_name, parse_camera
-from trellis_mv.eval import fscore, reference_iou
+from trellis_mv.eval import fscore, posterior_draws, reference_iou
 from trellis_mv.eval import score_voxels as score
 from trellis_mv.proxy import (
     COMPONENTS,
@@ -19,6 +19,7 @@ from trellis_mv.proxy import (
     HELD_OUT_SEED,
     NAMED_VIEWS,
     PALETTE,
+    SIDES,
     VIEW_SETS,
     make_shape,
     palette_index,
@@ -126,6 +127,52 @@ def test_redraw_changes_only_the_named_component():
         assert np.array_equal(keep, (t.labels == k) & (s.labels != 3))
     with pytest.raises(ValueError, match="components are 0..5"):
         make_shape(1, redraw={9: 1})
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), side=st.integers(0, 3), stream=st.integers(0, 10**6))
+def test_sides_hold_one_paint_each_and_repaint_changes_only_its_side(seed, side, stream):
+    s = make_shape(seed)
+    assert s.sides is not None and s.labels is not None
+    assert ((s.sides >= 0) <= (s.labels == 0)).all()  # paint lies on the body
+    paints = {n: {tuple(c) for c in s.colors[s.sides == n]} for n in range(len(SIDES))}
+    assert all(len(c) <= 1 for c in paints.values())  # a side has one colour
+    top = {tuple(c) for c in s.colors[(s.labels == 0) & (s.sides < 0)]}
+    used = [c for cs in [*paints.values(), top] for c in cs]
+    assert len(used) == len(set(used))  # the top's and every side's colour differ
+    t = make_shape(seed, repaint={side: stream})
+    assert np.array_equal(t.occupancy, s.occupancy) and np.array_equal(t.labels, s.labels)
+    others = (s.labels == 0) & (s.sides != side) & (t.sides != side)
+    assert np.array_equal(t.colors[others], s.colors[others]) and np.array_equal(t.sides[others], s.sides[others])
+    new = {tuple(c) for c in t.colors[t.sides == side]}
+    assert not new & ({c for n, cs in paints.items() if n != side for c in cs} | top)
+
+
+def test_repaint_draws_every_colour_the_other_sides_leave():
+    s = make_shape(HELD_OUT_SEED + 4)
+    kept = {tuple(c) for c in s.colors[(s.labels == 0) & (s.sides != 1)]}
+    drawn = set()
+    for stream in range(60):
+        t = make_shape(HELD_OUT_SEED + 4, repaint={1: stream})
+        drawn |= {tuple(c) for c in t.colors[t.sides == 1]}
+    assert drawn == {tuple(np.float32(PALETTE[i])) for i in range(len(PALETTE))} - kept  # 8 - 4 kept: 4 colours
+    with pytest.raises(ValueError, match="sides are 0..3"):
+        make_shape(1, repaint={4: 1})
+
+
+def test_posterior_draws_look_like_the_shape_from_the_given_views():
+    s = make_shape(HELD_OUT_SEED + 7)
+    draws = posterior_draws(s, ["front"], samples=4)
+    assert len(draws) == 4
+    ref = render(s.occupancy, s.colors, ["front"], size=64)
+    for d in draws:
+        img, mask = render(d.occupancy, d.colors, ["front"], size=64)
+        assert torch.equal(mask, ref[1]) and (img - ref[0]).abs().amax() < 1e-6
+    assert any(not np.array_equal(d.colors, s.colors) for d in draws)  # what the front hides is drawn afresh
+    back = score(draws[0].occupancy, draws[0].colors, s, ["back"])
+    assert back["given_color_acc"] < 1.0 or back["given_silhouette_iou"] < 1.0
+    four = posterior_draws(s, VIEW_SETS[4], samples=2)
+    assert all(score(d.occupancy, d.colors, s, ["front"])["hidden_color_acc_seen"] == 1.0 for d in four)
 
 
 def test_score_of_the_truth_and_of_nothing():

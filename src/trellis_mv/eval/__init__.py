@@ -29,6 +29,7 @@ from trellis_mv.eval._voxel_metrics import (
     color_error,
     fscore,
     iou,
+    posterior_draws,
     reference_iou,
     score_voxels,
 )
@@ -37,6 +38,6 @@ __all__ = [
     "HELD_OUT_VIEWS", "NEAREST_VOXEL", "VIEW_SETS", "Dataset", "EvalObject", "FolderDataset", "Generation", "Job",
     "Paired", "Placement", "ProxyDataset", "chamfer", "color_error", "derive_seed", "evaluate", "fscore",
     "image_scores", "iou", "lower_is_better", "mean_ci", "paired", "paired_bootstrap_ci", "parse_dataset",
-    "placement", "read_results", "reference_iou", "score_mesh", "score_voxels", "wilcoxon_p", "write_example_folder",
-    "write_report",
+    "placement", "posterior_draws", "read_results", "reference_iou", "score_mesh", "score_voxels", "wilcoxon_p",
+    "write_example_folder", "write_report",
 ]

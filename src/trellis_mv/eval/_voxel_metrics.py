@@ -4,7 +4,8 @@
 :func:`fscore`), fidelity to the views that were given (silhouette and colour), colour
 accuracy on the surface the first view does not show (split by whether another of the
 standard views shows it), and colour error of renders from viewpoints no standard view
-uses. :func:`reference_iou` gives the reference points an IoU is read against.
+uses. :func:`posterior_draws` samples what a perfect model would make from the given views;
+:func:`reference_iou` gives the reference points an IoU is read against.
 
 >>> import torch
 >>> a = torch.zeros(16, 16, 16, dtype=torch.bool); a[4:8, 4:8, 4:8] = True
@@ -27,6 +28,7 @@ from trellis_mv.proxy import (  # the proxy's shapes, with its camera names
     HELD_OUT_SEED,
     NAMED_VIEWS,
     PALETTE,
+    SIDES,
     VIEW_SETS,
     Shape,
     View,
@@ -36,8 +38,8 @@ from trellis_mv.proxy import (  # the proxy's shapes, with its camera names
 )
 from trellis_mv.voxels import FACES, trace
 
-__all__ = ["HELD_OUT_VIEWS", "NEAREST_VOXEL", "VoxelTruth", "chamfer", "color_error", "fscore", "iou", "reference_iou",
-           "score_voxels", "score_voxels_batch"]
+__all__ = ["HELD_OUT_VIEWS", "NEAREST_VOXEL", "VoxelTruth", "chamfer", "color_error", "fscore", "iou", "posterior_draws",
+           "reference_iou", "score_voxels", "score_voxels_batch"]
 
 #: Views no standard view set uses: the four diagonals from 30 degrees up (``heldout_color_error`` of :func:`score_voxels`).
 HELD_OUT_VIEWS: list[str] = ["az45el30", "az135el30", "az225el30", "az315el30"]
@@ -350,58 +352,81 @@ def score_voxels(
     return {key: float(value[0]) for key, value in scores.items()}
 
 
-def reference_iou(shape: Shape, given_views: Sequence[str | View], samples: int = 8, batch: int = 16, max_rounds: int = 12
-                  ) -> dict[str, float]:
+def posterior_draws(shape: Shape, given_views: Sequence[str | View], samples: int = 8, batch: int = 16,
+                    max_rounds: int = 12) -> list[Shape]:
+    """Shapes drawn as the generator draws them that look exactly like ``shape`` from every given view.
+
+    What a perfect model (one that samples everything the views cannot show) generates from
+    these views. Method: the components of ``shape`` (:data:`~trellis_mv.proxy.COMPONENTS`)
+    and the paints of its body's sides (:data:`~trellis_mv.proxy.SIDES`) that the given views
+    show (at least one pixel of a 64 px render) keep their random draws; every other component,
+    present or not, is drawn afresh (``make_shape(seed, redraw=...)``) and every other side is
+    painted afresh (``repaint=...``), and a draw is kept only if its renders from the given
+    views equal the original's pixel for pixel (rejection sampling: so a redrawn part that would
+    show, or a part the views show to be absent, is never kept). Components and sides the views
+    show keep all their draws even where the views show only part of them, so the draws know
+    at least as much as the views tell.
+
+    :returns: up to ``samples`` kept draws from at most ``max_rounds`` rounds of ``batch``
+        draws (``[]`` when none is found); ``[shape]`` when the views show every component and side.
+
+    >>> s = make_shape(HELD_OUT_SEED)
+    >>> draws = posterior_draws(s, ["front"], samples=2)
+    >>> len(draws), all((d.occupancy == s.occupancy).any() for d in draws)
+    (2, True)
+    """
+    given = list(given_views)
+    occ = torch.from_numpy(shape.occupancy)
+    ref_img, ref_mask = render(occ, torch.from_numpy(shape.colors), given, size=_SIZE)
+    hits = trace(occ[None], given, _SIZE, names=NAMED_VIEWS)
+    v = hits.voxel[hits.hit].numpy()
+    if shape.labels is None or shape.sides is None:
+        raise ValueError("posterior_draws needs a shape with component labels and sides (make_shape gives them)")
+    shown = {int(k) for k in np.unique(shape.labels[v[:, 0], v[:, 1], v[:, 2]])}
+    shown_sides = {int(k) for k in np.unique(shape.sides[v[:, 0], v[:, 1], v[:, 2]])}
+    hidden = [k for k in range(len(COMPONENTS)) if k not in shown]
+    unshown = [n for n in range(len(SIDES)) if n not in shown_sides]
+    if not hidden and not unshown:
+        return [shape]
+    kept: list[Shape] = []
+    stream = shape.seed * 7919 + 1
+    nv = len(given)
+    for _ in range(max_rounds):
+        if len(kept) >= samples:
+            break
+        cands = []
+        for _ in range(batch):
+            stream += 1
+            cands.append(make_shape(shape.seed, redraw={k: 2**40 + stream for k in hidden},
+                                    repaint={n: 2**40 + stream for n in unshown}))
+        occs = torch.from_numpy(np.stack([c.occupancy for c in cands]))
+        cols = torch.from_numpy(np.stack([c.colors for c in cands]))
+        img, mask = render(occs.repeat_interleave(nv, 0), cols.repeat_interleave(nv, 0), given * len(cands), size=_SIZE)
+        same = ((img.reshape(len(cands), nv, -1) - ref_img.reshape(1, nv, -1)).abs().amax((1, 2)) < 1e-6) & (
+            mask.reshape(len(cands), nv, -1) == ref_mask.reshape(1, nv, -1)
+        ).all(2).all(1)
+        kept += [c for c, ok in zip(cands, same.tolist()) if ok][: samples - len(kept)]
+    return kept
+
+
+def reference_iou(shape: Shape, given_views: Sequence[str | View], samples: int = 8, batch: int = 16, max_rounds: int = 12,
+                  draws: Sequence[Shape] | None = None) -> dict[str, float]:
     """Reference points for the IoU of a result generated from ``given_views`` of ``shape``.
 
-    * ``ideal``: the mean IoU of shapes that look exactly like ``shape`` from every given
-      view, drawn as the generator would draw them: what a perfect model (one that samples
-      everything the views cannot show) scores on average. Method: the components of
-      ``shape`` (:data:`~trellis_mv.proxy.COMPONENTS`) that the given views show (at least one
-      pixel of a 64 px render) keep their random draws; every other component, present or
-      not, is drawn afresh (``make_shape(seed, redraw=...)``), and a draw is kept only if its
-      renders from the given views equal the original's pixel for pixel (rejection
-      sampling: so a redrawn part that would show, or a part the views show to be absent,
-      is never kept). ``samples`` kept draws are averaged; when fewer are found in
-      ``max_rounds`` rounds of ``batch`` draws, the mean is over those found, and it is 1
-      when none is found or when the views show every component. Components the views show
-      keep all their draws even where the views show only part of them, so this is an
-      upper bound on what a model can reach from these views.
+    * ``ideal``: the mean IoU of :func:`posterior_draws` (``samples`` of them, drawn in at most
+      ``max_rounds`` rounds of ``batch``): what a perfect model scores on average; 1 when none
+      is found. Their components that the views show keep all their draws, so this is an upper
+      bound on what a model can reach from these views. ``draws`` passes draws already made
+      (``posterior_draws(shape, given_views, ...)``) instead.
     * ``random``: the mean IoU of ``shape`` with ``samples`` other held-out shapes.
 
     >>> ref = reference_iou(make_shape(HELD_OUT_SEED), ["front"], samples=2)
     >>> 0 <= ref["random"] < ref["ideal"] <= 1
     True
     """
-    given = list(given_views)
     occ = torch.from_numpy(shape.occupancy)
-    ref_img, ref_mask = render(occ, torch.from_numpy(shape.colors), given, size=_SIZE)
-    hits = trace(occ[None], given, _SIZE, names=NAMED_VIEWS)
-    v = hits.voxel[hits.hit]
-    labels = shape.labels
-    assert labels is not None, "reference_iou needs a shape with component labels (make_shape gives them)"
-    shown = {int(k) for k in np.unique(labels[v[:, 0].numpy(), v[:, 1].numpy(), v[:, 2].numpy()])}
-    hidden = [k for k in range(len(COMPONENTS)) if k not in shown]
-    ious: list[float] = []
-    stream = shape.seed * 7919 + 1
-    for _ in range(max_rounds):
-        if not hidden or len(ious) >= samples:
-            break
-        cands = []
-        for _ in range(batch):
-            stream += 1
-            cands.append(make_shape(shape.seed, redraw={k: 2**40 + stream for k in hidden}))
-        occs = torch.from_numpy(np.stack([c.occupancy for c in cands]))
-        cols = torch.from_numpy(np.stack([c.colors for c in cands]))
-        nv = len(given)
-        img, mask = render(occs.repeat_interleave(nv, 0), cols.repeat_interleave(nv, 0), given * len(cands), size=_SIZE)
-        same = ((img.reshape(len(cands), nv, -1) - ref_img.reshape(1, nv, -1)).abs().amax((1, 2)) < 1e-6) & (
-            mask.reshape(len(cands), nv, -1) == ref_mask.reshape(1, nv, -1)
-        ).all(2).all(1)
-        for c, ok in zip(cands, same.tolist()):
-            if ok and len(ious) < samples:
-                ious.append(iou(torch.from_numpy(c.occupancy), occ))
-    ideal = float(np.mean(ious)) if ious else 1.0
+    draws = posterior_draws(shape, given_views, samples, batch, max_rounds) if draws is None else draws
+    ideal = float(np.mean([iou(torch.from_numpy(d.occupancy), occ) for d in draws])) if draws else 1.0
     others = [make_shape(HELD_OUT_SEED + 500_000 + (shape.seed * 31 + 7 * k) % 400_000) for k in range(samples)]
     rand = float(np.mean([iou(torch.from_numpy(o.occupancy), occ) for o in others]))
     return {"ideal": ideal, "random": rand}

@@ -21,7 +21,7 @@ import warnings
 from typing import Any
 
 from trellis_mv._views import camera_name, parse_camera
-from trellis_mv.proxy._data import COMPONENTS, GRID, HELD_OUT_SEED, PALETTE, Shape, make_shape, make_shapes, palette_index
+from trellis_mv.proxy._data import COMPONENTS, GRID, HELD_OUT_SEED, PALETTE, SIDES, Shape, make_shape, make_shapes, palette_index
 from trellis_mv.proxy._models import ProxyConfig, ProxyModels, load_models, save_models
 from trellis_mv.proxy._pipeline import (
     DEFAULT_PARAMS,
@@ -45,10 +45,10 @@ from trellis_mv.voxels import FACES as FACES  # now trellis_mv.voxels'; still im
 from trellis_mv.voxels import mesh_from_voxels as mesh_from_voxels
 
 __all__ = [
-    "COMPONENTS", "DEFAULT_PARAMS", "GRID", "HELD_OUT_SEED", "NAMED_VIEWS", "PALETTE", "PRECISIONS", "STAGES", "VIEW_SETS",
-    "ProxyAdapter", "ProxyConfig", "ProxyModels", "ProxyResult", "Shape", "View", "check_precision", "default_weights",
-    "example_images", "input_views", "load_models", "make_shape", "make_shapes", "palette_index", "preprocess", "render",
-    "save_models", "visible_faces",
+    "COMPONENTS", "DEFAULT_PARAMS", "GRID", "HELD_OUT_SEED", "NAMED_VIEWS", "PALETTE", "PRECISIONS", "SIDES", "STAGES",
+    "VIEW_SETS", "ProxyAdapter", "ProxyConfig", "ProxyModels", "ProxyResult", "Shape", "View", "check_precision",
+    "default_weights", "example_images", "input_views", "load_models", "make_shape", "make_shapes", "palette_index",
+    "preprocess", "render", "save_models", "visible_faces",
 ]
 
 #: The scores that moved to the harness (an adapter does not import it): old name here -> name in trellis_mv.eval.

@@ -16,8 +16,9 @@ Coordinates: voxel ``(i, j, k)`` has its centre at ``((i, j, k) + 0.5) / 8 - 1``
 Each component draws from its own random stream (``numpy`` seeded with ``[seed, k]``):
 ``k = 0`` the body and its paint, ``k = 1..5`` the part on each side. Replacing the stream of
 some components and keeping the others (``make_shape(seed, redraw=...)``) gives a shape
-that agrees with the original wherever those components do not show: this is how
-:func:`~trellis_mv.proxy.reference_iou` samples what the given views cannot see.
+that agrees with the original wherever those components do not show, and
+``make_shape(seed, repaint=...)`` paints some sides of the body afresh: this is how
+:func:`trellis_mv.eval.posterior_draws` samples what the given views cannot see.
 
 >>> a, b = make_shape(7), make_shape(7)
 >>> bool((a.occupancy == b.occupancy).all() and (a.colors == b.colors).all())
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["COMPONENTS", "GRID", "HELD_OUT_SEED", "PALETTE", "Shape", "make_shape", "make_shapes", "palette_index"]
+__all__ = ["COMPONENTS", "GRID", "HELD_OUT_SEED", "PALETTE", "SIDES", "Shape", "make_shape", "make_shapes", "palette_index"]
 
 GRID = 16
 #: Seeds at or above this value are never used for training; benchmarks and tests use them.
@@ -56,6 +57,8 @@ _NAMES = ["red", "green", "blue", "yellow", "cyan", "magenta", "orange", "white"
 COMPONENTS = ("body", "front part", "right part", "back part", "left part", "top part")
 # (axis, sign) of each part's side, in the order of COMPONENTS[1:]; the chance it has a part
 _PART_SIDES = ((2, 1), (0, 1), (2, -1), (0, -1), (1, 1))
+#: The body's four painted sides (``Shape.sides`` holds the index; ``make_shape(repaint=...)`` takes it).
+SIDES = ("front", "right", "back", "left")
 _PART_CHANCE = (0.45, 0.45, 0.55, 0.45, 0.35)
 
 _CENTRES = (np.arange(GRID, dtype=np.float32) + 0.5) / (GRID / 2) - 1
@@ -73,6 +76,9 @@ class Shape:
     :param seed: the seed that made it.
     :param parts: a short description of each component, body first.
     :param labels: ``int8 [16, 16, 16]``: the component (index into :data:`COMPONENTS`) of each voxel, ``-1`` where empty.
+    :param sides: ``int8 [16, 16, 16]``: the side of the body (index into :data:`SIDES`) whose paint
+        (the whole side or a patch) colours each body voxel; ``-1`` where the body shows its top and
+        bottom's colour, and off the body.
     """
 
     occupancy: np.ndarray
@@ -80,6 +86,7 @@ class Shape:
     seed: int
     parts: list[str] = field(default_factory=list)
     labels: np.ndarray | None = None
+    sides: np.ndarray | None = None
 
     @property
     def num_voxels(self) -> int:
@@ -106,28 +113,39 @@ def _primitive(kind: str, centre: np.ndarray, half: np.ndarray) -> np.ndarray:
     return (d[..., 0] ** 2 + d[..., 2] ** 2 <= 1) & (np.abs(d[..., 1]) <= 1)
 
 
-def _body(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[np.ndarray], list[str]]:
+def _side_paint(rng: np.random.Generator) -> tuple[bool, list[tuple[float, float]]]:
+    """Whether a side is painted whole, else the patch's (offset, half width) along each other axis."""
+    full = bool(rng.random() < 0.6)
+    return full, [] if full else [(rng.uniform(-0.3, 0.3), rng.uniform(0.35, 0.6)) for _ in range(2)]
+
+
+def _body(rng: np.random.Generator, repaint: Mapping[int, np.random.Generator]
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[np.ndarray], list[str]]:
     kind = str(rng.choice(["box", "ellipsoid", "cylinder"]))
     half = np.array([rng.uniform(0.3, 0.62), rng.uniform(0.22, 0.5), rng.uniform(0.3, 0.62)], dtype=np.float32)
     centre = np.array([rng.uniform(-0.12, 0.12), rng.uniform(-0.25, 0.05), rng.uniform(-0.12, 0.12)], dtype=np.float32)
     body = _primitive(kind, centre, half)
-    colours = rng.permutation(len(_PAL))[:5]  # top/bottom, then front, right, back, left
+    colours = [int(c) for c in rng.permutation(len(_PAL))[:5]]  # top/bottom, then front, right, back, left
+    paints = [_side_paint(rng) for _ in range(4)]
+    for n in sorted(repaint):  # a colour no other side has, and a paint of its own
+        taken = {colours[0]} | {colours[1 + m] for m in range(4) if m not in repaint or m < n}
+        colours[1 + n] = int(repaint[n].choice([c for c in range(len(_PAL)) if c not in taken]))
+        paints[n] = _side_paint(repaint[n])
     col = np.zeros((GRID,) * 3 + (3,), dtype=np.float32)
+    sides = np.full((GRID,) * 3, -1, dtype=np.int8)
     d = (_P - centre) / half
     region = np.abs(d).argmax(-1)  # the side each body voxel is nearest to, in units of the half extents
     col[body] = _PAL[colours[0]]
     desc = [f"{kind} body {_NAMES[colours[0]]}"]
-    for n, (axis, sign) in enumerate(_PART_SIDES[:4]):
+    for n, ((axis, sign), (full, patch)) in enumerate(zip(_PART_SIDES[:4], paints)):
         paint = body & (region == axis) & (sign * d[..., axis] > 0)
-        full = rng.random() < 0.6
-        if not full:  # a patch in the middle of that side
-            for other in (0, 1, 2):
-                if other != axis:
-                    paint &= np.abs(d[..., other] - rng.uniform(-0.3, 0.3)) < rng.uniform(0.35, 0.6)
+        for other, (offset, width) in zip([o for o in (0, 1, 2) if o != axis], patch):  # a patch in the middle
+            paint &= np.abs(d[..., other] - offset) < width
         col[paint] = _PAL[colours[1 + n]]
+        sides[paint] = n
         desc.append(f"{'side' if full else 'patch'} {COMPONENTS[1 + n].split()[0]} {_NAMES[colours[1 + n]]}")
     side_colours = [_PAL[colours[i]] for i in (1, 2, 3, 4, 0)]  # in the order of _PART_SIDES
-    return body, col, centre, half, side_colours, desc
+    return body, col, sides, centre, half, side_colours, desc
 
 
 def _part(
@@ -155,19 +173,26 @@ def _part(
     return part, _PAL[colour], f"{kind} on {COMPONENTS[1 + side].split()[0]} {_NAMES[colour]}"
 
 
-def make_shape(seed: int, redraw: Mapping[int, int] | None = None) -> Shape:
+def make_shape(seed: int, redraw: Mapping[int, int] | None = None, repaint: Mapping[int, int] | None = None) -> Shape:
     """The synthetic shape of ``seed`` (same seed, same shape, on every platform).
 
     :param seed: any non-negative integer; seeds ``>= HELD_OUT_SEED`` are held out of training.
     :param redraw: ``{component: stream}`` replaces the random stream of those components
         (indices into :data:`COMPONENTS`) by ``[stream, component]``; the others keep the
         draws of ``seed``.
+    :param repaint: ``{side: stream}`` paints those sides of the body (``0..3``: :data:`SIDES`)
+        afresh from the stream ``[stream, 6 + side]``: a colour that the top and the other
+        sides do not have, and a whole side or a patch, as the generator draws them; the
+        body's shape and every other paint are unchanged.
 
     >>> s = make_shape(HELD_OUT_SEED)
     >>> 60 < s.num_voxels < 2500, s.parts[0].split()[0] in {"box", "ellipsoid", "cylinder"}
     (True, True)
     >>> t = make_shape(HELD_OUT_SEED, redraw={3: 5})  # another back part (or none), all else equal
     >>> bool((t.labels == 0).sum() >= (s.labels == 0).sum() - 40)
+    True
+    >>> u = make_shape(HELD_OUT_SEED, repaint={2: 5})  # the back painted afresh, all else equal
+    >>> bool((u.occupancy == s.occupancy).all() and (u.colors[s.sides == 0] == s.colors[s.sides == 0]).all())
     True
     """
     if seed < 0:
@@ -176,8 +201,13 @@ def make_shape(seed: int, redraw: Mapping[int, int] | None = None) -> Shape:
     for k in redraw:
         if not 0 <= k < len(COMPONENTS):
             raise ValueError(f"redraw names component {k!r}; components are 0..{len(COMPONENTS) - 1} ({', '.join(COMPONENTS)})")
+    repaint = dict(repaint or {})
+    for k in repaint:
+        if not 0 <= k < len(SIDES):
+            raise ValueError(f"repaint names side {k!r}; sides are 0..{len(SIDES) - 1} ({', '.join(SIDES)})")
     stream = lambda k: np.random.default_rng([redraw.get(k, seed), k])
-    body, col, centre, half, side_colours, desc = _body(stream(0))
+    body, col, sides, centre, half, side_colours, desc = _body(
+        stream(0), {n: np.random.default_rng([r, 6 + n]) for n, r in repaint.items()})
     occ = body.copy()
     labels = np.where(body, 0, -1).astype(np.int8)
     for side in range(5):  # a part never takes the colour of the side it sits on
@@ -192,7 +222,8 @@ def make_shape(seed: int, redraw: Mapping[int, int] | None = None) -> Shape:
     occ &= _INSIDE_BALL
     col[~occ] = 0
     labels[~occ] = -1
-    return Shape(occupancy=occ, colors=col, seed=seed, parts=desc, labels=labels)
+    sides[labels != 0] = -1
+    return Shape(occupancy=occ, colors=col, seed=seed, parts=desc, labels=labels, sides=sides)
 
 
 def make_shapes(seeds: range | list[int]) -> tuple[np.ndarray, np.ndarray]:
