@@ -21,6 +21,7 @@ SMALLEST = {
     "overhead.py": ["--steps", "2", "--repeats", "1"],
     "paired_runs.py": ["benchmarks/results/proxy_table_H200", "benchmarks/results/proxy_table_H200", "--views", "1"],
     "proxy_capacity.py": ["--objects", "2", "--steps", "1"],
+    "proxy_hidden_surface.py": ["--objects", "2", "--samples", "2", "--steps", "2", "--workers", "1"],
     "proxy_fidelity.py": ["--objects", "2", "--seeds", "1", "--steps", "2", "--reference-samples", "1", "--workers", "2",
                           "--device", "cpu", "--out", "OUT"],
     "quality.py": ["--objects", "2", "--seeds", "1", "--views", "1", "--aggregators", "multidiffusion", "--device", "cpu",
@@ -43,6 +44,7 @@ _IOU1 = _table_mean("multidiffusion", 1, "iou")
 EXPECT = {
     "eval_mesh_workers.py": "the same jobs: True; largest score difference: 0.",  # the pool changes no score
     "proxy_fidelity.py": "| perfect, sampling | ",  # drawn in worker processes
+    "proxy_hidden_surface.py": "A perfect model from the front view: between 0.",
     # a run against itself: the table's own mean on both sides, no difference
     "paired_runs.py": f"| 1 | iou | {_IOU1:.4f} | {_IOU1:.4f} | +0.0000 [+0.0000, +0.0000] | ",
     "proxy_capacity.py": "| ceiling: the truth's own latents, decoded | 1.000 (",  # the scores' own ceiling is 1
