@@ -11,7 +11,8 @@ the surface the front hides and the four views show, for a perfect model that sa
 draws' mean) and one that guesses best (each voxel the colour most draws give it), with the
 model's gain paired against the perfect sampler's. ``--reference-samples 0`` skips them;
 ``--results DIR`` reads the jobs of an evaluation folder that has multidiffusion at 1 and 4
-views (such as the committed full table) instead of generating them.
+views (such as the committed full table) instead of generating them; ``--weights FILE``
+generates them with other proxy weights (two such folders pair with ``paired_runs.py``).
 
     python benchmarks/proxy_fidelity.py --objects 240 --seeds 3 --device cuda --out runs/fidelity
     python benchmarks/proxy_fidelity.py --results benchmarks/results/proxy_table_H200 --reference-samples 16   # CPU
@@ -32,7 +33,7 @@ import torch
 
 import trellis_mv.eval as ev
 from trellis_mv.eval._voxel_metrics import VoxelTruth, score_voxels, score_voxels_batch
-from trellis_mv.proxy import PALETTE, VIEW_SETS, make_shape, palette_index
+from trellis_mv.proxy import PALETTE, VIEW_SETS, ProxyAdapter, make_shape, palette_index
 
 METRICS = ("iou", "first_silhouette_iou", "given_color_acc", "hidden_color_acc_seen", "hidden_color_acc_unseen",
            "heldout_color_error")
@@ -73,6 +74,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--weights", type=Path, help="proxy weights to measure (default: the shipped ones)")
     p.add_argument("--reference-samples", type=int, default=8)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes drawing the reference points (about 1.4 s a shape on one core)")
@@ -80,10 +82,19 @@ def main() -> None:
     where.add_argument("--out", type=Path, help="results folder (resumed if it exists)")
     where.add_argument("--results", type=Path, help="read the jobs of this evaluation folder instead of generating them")
     a = p.parse_args()
+    if a.weights is not None and a.out is None:
+        p.error("--weights generates the jobs: pass --out DIR, not --results")
+    if a.weights is not None and not a.weights.is_file():
+        p.error(f"--weights {a.weights}: no such file (a .safetensors written by python -m trellis_mv.proxy.train)")
     if a.out is not None:
         params = {s: {"steps": a.steps} for s in ("sparse_structure", "texture")} if a.steps else None
+        adapter = None
+        if a.weights is not None:
+            device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+            adapter = ProxyAdapter(a.weights, device=device)
         ev.evaluate(out=a.out, dataset="proxy", first_object=a.first_object, objects=a.objects, views=[1, 4],
-                    aggregators=["multidiffusion"], seeds=a.seeds, device=a.device, params=params, progress=False)
+                    aggregators=["multidiffusion"], seeds=a.seeds, device=a.device, params=params, progress=False,
+                    adapter=adapter)
     per: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for rec in ev.read_results(a.out or a.results):
         if rec["aggregator"] == "multidiffusion" and len(rec["views"]) in (1, 4):

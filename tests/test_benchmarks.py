@@ -81,3 +81,23 @@ def test_fidelity_reads_a_committed_table_instead_of_generating(tmp_path: Path) 
         assert f"{_table_mean('multidiffusion', views, 'hidden_color_acc_seen'):.3f}" in done.stdout
     done = _run(["benchmarks/proxy_fidelity.py", "--results", str(tmp_path), "--reference-samples", "0"], tmp_path)
     assert done.returncode != 0 and "no object with multidiffusion results at both 1 and 4 views" in done.stderr
+
+
+def test_fidelity_measures_the_weights_it_is_given(tmp_path: Path) -> None:
+    import torch
+
+    from trellis_mv.proxy import ProxyConfig
+    from trellis_mv.proxy._models import ProxyModels, save_models
+
+    torch.manual_seed(0)
+    untrained = save_models(ProxyModels(ProxyConfig()), tmp_path / "untrained.safetensors")
+    small = ["benchmarks/proxy_fidelity.py", "--objects", "1", "--seeds", "1", "--steps", "2", "--reference-samples", "0"]
+    shipped = _run([*small, "--out", str(tmp_path / "a")], tmp_path)
+    other = _run([*small, "--weights", str(untrained), "--out", str(tmp_path / "b")], tmp_path)
+    assert shipped.returncode == 0 and other.returncode == 0, shipped.stderr[-2000:] + other.stderr[-2000:]
+    table = lambda out: [line for line in out.splitlines() if line.startswith("| ")]
+    assert table(shipped.stdout) != table(other.stdout)  # untrained weights score otherwise
+    done = _run([*small, "--weights", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "c")], tmp_path)
+    assert done.returncode == 2 and "no such file" in done.stderr and not (tmp_path / "c").exists()
+    done = _run([*small, "--weights", str(untrained), "--results", str(tmp_path / "a")], tmp_path)
+    assert done.returncode == 2 and "pass --out DIR, not --results" in done.stderr
