@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import trellis_mv
 import trellis_mv.eval as ev
 from trellis_mv.eval._voxel_metrics import VoxelTruth, score_voxels, score_voxels_batch
-from trellis_mv.proxy import PALETTE, VIEW_SETS, ProxyAdapter, make_shape, palette_index
+from trellis_mv.proxy import PALETTE, VIEW_SETS, make_shape, palette_index
 
 METRICS = ("iou", "first_silhouette_iou", "given_color_acc", "hidden_color_acc_seen", "hidden_color_acc_unseen",
            "heldout_color_error")
@@ -89,9 +90,9 @@ def main() -> None:
     if a.out is not None:
         params = {s: {"steps": a.steps} for s in ("sparse_structure", "texture")} if a.steps else None
         adapter = None
-        if a.weights is not None:
+        if a.weights is not None:  # the harness's own loader (device checked first), with other weights
             device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
-            adapter = ProxyAdapter(a.weights, device=device)
+            adapter = trellis_mv.load_adapter("proxy", device=device, weights=a.weights)
         ev.evaluate(out=a.out, dataset="proxy", first_object=a.first_object, objects=a.objects, views=[1, 4],
                     aggregators=["multidiffusion"], seeds=a.seeds, device=a.device, params=params, progress=False,
                     adapter=adapter)
